@@ -1,0 +1,173 @@
+"""The `metering-sidecar` command line. Each subcommand lives in its own module; this one only parses."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from sidecar import __version__
+
+
+def _emulator_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "emulator",
+        help="run a local AWS Marketplace Metering Service emulator (no AWS account needed)",
+        description=(
+            "A local AWS Marketplace Metering Service: RegisterUsage, MeterUsage, BatchMeterUsage and "
+            "ResolveCustomer over the real AWS JSON 1.1 protocol with SigV4. Point boto3 or the AWS CLI at it "
+            "with AWS_ENDPOINT_URL_MARKETPLACE_METERING. Control and inspection live under /_emulator/."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=8790, help="port to listen on; 0 picks a free one (default: %(default)s)"
+    )
+    p.add_argument(
+        "--region",
+        help="the Region this endpoint serves; other Regions get InvalidRegion (default: us-east-1)",
+    )
+    p.add_argument("--product-code", help="the product code it knows (default: demo-product-code)")
+    p.add_argument(
+        "--dimension",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a custom dimension of the product; repeat for several",
+    )
+    p.add_argument(
+        "--public-key-out",
+        type=Path,
+        metavar="FILE",
+        help="write the PS256 public key (PEM) here once the server listens",
+    )
+    p.add_argument(
+        "--private-key",
+        type=Path,
+        metavar="FILE",
+        help="sign RegisterUsage tokens with this RSA private key (PEM) instead of a fresh one",
+    )
+    p.add_argument(
+        "--config", type=Path, metavar="FILE", help="JSON start-up config (see sidecar/emulator/config.py)"
+    )
+    p.add_argument("--not-entitled", action="store_true", help="start with the customer not entitled")
+    p.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="enforce AWS's per-account quotas (RegisterUsage 5/s, MeterUsage 10/s) with ThrottlingException",
+    )
+    p.add_argument(
+        "--strict-auth",
+        action="store_true",
+        help="refuse access keys whose secret the emulator does not know (UnrecognizedClientException)",
+    )
+    p.add_argument(
+        "--credentials",
+        action="append",
+        default=[],
+        metavar="AKID:SECRET",
+        help="a static key pair whose signatures are verified in full; repeat for several",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="OP:KIND[:k=v,...]",
+        help="inject a fault, e.g. MeterUsage:throttle:count=3 or '*:error500:rate=0.5'",
+    )
+    p.add_argument("--clock", metavar="TIME", help="start the clock at this time (ISO 8601 or epoch seconds)")
+    p.add_argument(
+        "--frozen-clock",
+        action="store_true",
+        help="the clock moves only when told to (POST /_emulator/clock)",
+    )
+    p.add_argument(
+        "--dry-run-response",
+        choices=("ok", "error"),
+        help="how a permitted DryRun MeterUsage answers: 200 (ok, default) or a DryRunOperation error",
+    )
+    p.set_defaults(func=_run_emulator)
+
+
+def _run_emulator(args: argparse.Namespace) -> int:
+    from sidecar.emulator.config import EmulatorOptions, build
+    from sidecar.emulator.server import CREDENTIALS_PATH, EmulatorServer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        emulator = build(
+            EmulatorOptions(
+                region=args.region,
+                product_code=args.product_code,
+                dimensions=args.dimension,
+                private_key=args.private_key,
+                config=args.config,
+                not_entitled=args.not_entitled,
+                rate_limits=args.rate_limits,
+                strict_auth=args.strict_auth,
+                faults=args.fault,
+                credentials=args.credentials,
+                clock=args.clock,
+                frozen_clock=args.frozen_clock,
+                dry_run_response=args.dry_run_response,
+            )
+        )
+        server = EmulatorServer(emulator, args.host, args.port)
+    except (ValueError, OSError) as err:
+        print(f"metering-sidecar emulator: {err}", file=sys.stderr)
+        return 2
+    settings = emulator.state.settings
+    if args.public_key_out:
+        args.public_key_out.write_text(emulator.state.signer.public_pem())
+    products = "; ".join(
+        f"{code} [{', '.join(d) or 'hourly, no dimensions'}]" for code, d in settings.products.items()
+    )
+    print(f"metering emulator listening on {server.url} (region {settings.region}; products: {products})")
+    print("Point a client at it:")
+    print(f"  export AWS_ENDPOINT_URL_MARKETPLACE_METERING={server.url}")
+    print(f"  export AWS_REGION={settings.region} AWS_DEFAULT_REGION={settings.region}")
+    print(f"  export AWS_CONTAINER_CREDENTIALS_FULL_URI={server.url}{CREDENTIALS_PATH}")
+    print("  export AWS_CONTAINER_AUTHORIZATION_TOKEN=pod-1   # any token; one token is one pod")
+    print(
+        "  (static AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY work too"
+        + (")" if settings.strict_auth else "; unknown keys are accepted, --strict-auth refuses them)")
+    )
+    if args.public_key_out:
+        print(f"Public key (PEM) written to {args.public_key_out}")
+    sys.stdout.flush()
+    return _serve_until_signal(server)
+
+
+def _serve_until_signal(server: object) -> int:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.start()  # type: ignore[attr-defined]
+    stop.wait()
+    server.stop()  # type: ignore[attr-defined]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metering-sidecar",
+        description="AWS Marketplace metering for paid container products, as a sidecar.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _emulator_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
