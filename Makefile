@@ -4,7 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit emulator clean lock
+
+.PHONY: setup demo emulator-demo test lint typecheck unit emulator clean lock
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "metering-sidecar needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -16,6 +17,9 @@ $(STAMP): requirements.lock pyproject.toml
 setup: $(STAMP)
 
 demo: setup
+	$(BIN)/metering-sidecar demo
+
+emulator-demo: setup
 	bash scripts/emulator-demo.sh
 
 emulator: setup

@@ -156,6 +156,115 @@ def _serve_until_signal(server: object) -> int:
     return 0
 
 
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from sidecar.config import VARIABLES, flag_for
+
+    p = sub.add_parser(
+        "run",
+        help="run the sidecar: RegisterUsage at start, token verified, and the localhost API",
+        description=(
+            "Run the sidecar next to the product. It calls RegisterUsage with the pod's own role (boto3's "
+            "default chain: IRSA on EKS, the task role on ECS), verifies the signed token, and serves the "
+            "localhost API. Every setting is an environment variable; a flag overrides it."
+        ),
+        epilog="AWS settings are boto3's own: AWS_REGION (or AWS_DEFAULT_REGION, or the ECS task metadata), "
+        "AWS_ENDPOINT_URL_MARKETPLACE_METERING, AWS_ENDPOINT_URL_STS.",
+    )
+    for variable, text in VARIABLES:
+        if variable == "METERING_ALLOW_NON_LOOPBACK":
+            p.add_argument(
+                flag_for(variable),
+                dest=variable,
+                action="store_const",
+                const="true",
+                help=f"{text} [{variable}]",
+            )
+        else:
+            p.add_argument(flag_for(variable), dest=variable, metavar="VALUE", help=f"{text} [{variable}]")
+    p.set_defaults(func=_run_sidecar, variables=[v for v, _ in VARIABLES])
+
+
+def _run_sidecar(args: argparse.Namespace) -> int:
+    import os
+
+    from sidecar.run import run
+
+    env = dict(os.environ)
+    for variable in args.variables:
+        value = getattr(args, variable)
+        if value is not None:
+            env[variable] = value
+    return run(env)
+
+
+def _verify_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "verify-token",
+        help="check a RegisterUsage token against a public key, and say which check fails",
+        description="Verify a RegisterUsage Signature (a PS256 JWT) the way the sidecar does, for debugging "
+        "an integration. Exit status 0 if it verifies, 1 if a check fails, 2 on bad input.",
+    )
+    p.add_argument("token", help="the token, or - to read it from standard input")
+    p.add_argument(
+        "--public-key", type=Path, required=True, metavar="FILE", help="the AWS Marketplace public key (PEM)"
+    )
+    p.add_argument("--product-code", required=True, help="the ProductCode sent to RegisterUsage")
+    p.add_argument("--nonce", help="the Nonce sent to RegisterUsage (omit if none was sent)")
+    p.add_argument("--public-key-version", type=int, default=1, help="the PublicKeyVersion sent (default: 1)")
+    p.set_defaults(func=_verify_token)
+
+
+def _verify_token(args: argparse.Namespace) -> int:
+    import json
+
+    from sidecar.token import TokenError, load_public_key, verify_token
+
+    token = sys.stdin.read().strip() if args.token == "-" else args.token.strip()  # noqa: S105
+    try:
+        key = load_public_key(args.public_key.read_bytes())
+    except OSError as err:
+        print(f"--public-key {args.public_key}: cannot read it ({err.strerror})", file=sys.stderr)
+        return 2
+    except TokenError as err:
+        print(f"--public-key {args.public_key}: refused: {err.message}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"--public-key {args.public_key}: {err}", file=sys.stderr)
+        return 2
+    try:
+        claims = verify_token(
+            token,
+            {args.public_key_version: key},
+            product_code=args.product_code,
+            public_key_version=args.public_key_version,
+            nonce=args.nonce,
+        )
+    except TokenError as err:
+        print(f"token refused: check '{err.check}' failed: {err.message}")
+        return 1
+    print("token verified: alg PS256, signature, productCode, publicKeyVersion and nonce all check out")
+    print(json.dumps(claims.raw, indent=2, sort_keys=True))
+    return 0
+
+
+def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the emulator, the sidecar and a simulated product together, and show what happened",
+        description="Starts the Metering emulator, the sidecar (a real process, pointed at the emulator) and "
+        "a small simulated product; the product waits until the sidecar is entitled and verifies the signed "
+        "token itself. Then everything shuts down and the demo prints what each part did. No AWS account "
+        "is needed; nothing leaves 127.0.0.1.",
+    )
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from sidecar.demo import demo
+
+    return demo()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metering-sidecar",
@@ -163,7 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _run_parser(sub)
     _emulator_parser(sub)
+    _verify_parser(sub)
+    _demo_parser(sub)
     return parser
 
 

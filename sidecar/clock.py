@@ -59,3 +59,8 @@ class SettableClock:
             self._frozen = frozen
             self._fixed = current
             self._offset = current - time.time()
+
+
+def iso(ts: float) -> str:
+    """UTC, to the second, as the API and logs show times."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -7,6 +7,8 @@ reference/aws-metering-semantics.md (cited as §n below).
 from __future__ import annotations
 
 import calendar
+import functools
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,8 +30,8 @@ MAX_ALLOCATIONS = 2500  # UsageAllocations max (§2.1)
 MAX_TAG_KEYS_PER_RECORD = 5  # "Maximum tags across UsageAllocation list - 5": the safe reading (§2.1)
 # The Seller Guide lists the tag characters as "a-zA-Z0-9+ -=._:\/@". Read as a regex, " -=" would be
 # a range that admits !"#$%&'()*,;< too; server behaviour is [UNCONFIRMED], so we accept only the
-# literal set (§2.1).
-TAG_CHARS = re.compile(r"^[a-zA-Z0-9+ \-=._:/@]+$")
+# literal set (§2.1). `\Z`, not `$`: Python's `$` also matches before a trailing newline.
+TAG_CHARS = re.compile(r"^[a-zA-Z0-9+ \-=._:/@]+\Z")
 
 
 def hour_start(ts: float) -> int:
@@ -90,6 +92,15 @@ def _constraint_error(path: Sequence[str], constraint: str, value: Any) -> AwsEr
     return AwsError("ValidationException", message)
 
 
+@functools.cache
+def _model_pattern(pattern: str) -> re.Pattern[str]:
+    """A model pattern with ECMA-262 semantics: a final `$` is the end of the input (Python's `$` also
+    matches before a trailing newline, which would let "tenant\\n" through `^[...]+$`)."""
+    if pattern.endswith("$") and not pattern.endswith("\\$"):
+        pattern = pattern[:-1] + "\\Z"
+    return re.compile(pattern)
+
+
 def check_model_constraints(params: Any, shape: Any, path: tuple[str, ...] = ()) -> None:
     """Walk `params` along a botocore shape, enforcing `max` and `pattern` metadata."""
     meta = shape.metadata
@@ -111,9 +122,17 @@ def check_model_constraints(params: Any, shape: Any, path: tuple[str, ...] = ())
                 path, f"Member must have length less than or equal to {meta['max']}", params
             )
         pattern = meta.get("pattern")
-        if pattern and re.search(pattern, params) is None:
+        if pattern and _model_pattern(pattern).search(params) is None:
             raise _constraint_error(
                 path, f"Member must satisfy regular expression pattern: {pattern}", params
+            )
+    elif kind == "timestamp":
+        # botocore's validator also takes datetimes and ISO strings (the client serializes them); on
+        # the awsJson wire a timestamp is epoch seconds, a JSON number (reference §4.2).
+        if isinstance(params, bool) or not isinstance(params, int | float) or not math.isfinite(params):
+            raise AwsError(
+                "SerializationException",
+                f"Expected epoch seconds (a number) at '{'.'.join(path)}', got {str(params)[:64]!r}.",
             )
     elif kind in ("integer", "long"):
         if isinstance(params, bool):
@@ -218,7 +237,9 @@ def canonical_usage(
     if not allocations:
         return (total_quantity, ((frozenset(), total_quantity),))
     parts = ((tag_set(a), allocation_quantity(a)) for a in allocations)
-    return (total_quantity, tuple(sorted(parts, key=repr)))
+    # Sort on the sorted tags, not on repr(): a frozenset's repr follows its hash-table layout, which
+    # can depend on insertion order, so the same tags listed in another order could sort differently.
+    return (total_quantity, tuple(sorted(parts, key=lambda part: (sorted(part[0]), part[1]))))
 
 
 def check_customer_fields(record: Mapping[str, Any]) -> None:

@@ -1,0 +1,188 @@
+"""The localhost HTTP API that the product container asks (DESIGN.md, "The local HTTP API").
+
+JSON with snake_case fields; every error is `{"error": CODE, "message": TEXT}` with the right status.
+Security, after AWS's Secrets Manager agent (reference/anchors.md §3.7): loopback by default, an
+optional bearer token on everything but the probes, and any request that carries X-Forwarded-For is
+refused, since it came through a proxy and not from the pod itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sidecar import __version__
+from sidecar.entitlement import AttestError, EntitlementService, as_json
+from sidecar.metrics import Metrics
+
+PROBES = {"/healthz", "/readyz"}
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="a stable machine-readable code")
+    message: str = Field(description="what went wrong, for a person")
+
+
+class AttestRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nonce: str = Field(
+        min_length=1, max_length=255, description="your own fresh random nonce (AWS allows 255 characters)"
+    )
+
+
+class AttestResponse(BaseModel):
+    signature: str = Field(
+        description="the RegisterUsage JWT (PS256); verify it with the AWS Marketplace public key"
+    )
+    nonce: str
+    product_code: str
+    public_key_version: int
+
+
+class EntitlementResponse(BaseModel):
+    status: str = Field(description="pending | entitled | denied")
+    product_code: str
+    public_key_version: int
+    nonce: str | None = None
+    signature: str | None = Field(None, description="the raw RegisterUsage JWT")
+    registered_at: str | None = None
+    reason: str | None = Field(None, description="why, when denied")
+
+
+class Probe(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+# What each endpoint's body must look like, added to its 422 so that the field is named even when the
+# body is missing or not JSON at all.
+EXPECTED_BODY = {"/v1/entitlement/attest": 'a JSON object {"nonce": "<1 to 255 characters>"}'}
+
+
+def _field_errors(exc: RequestValidationError, path: str) -> str:
+    parts = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            # Its loc is ("body", <character offset>): the offset is not a field name.
+            error = err.get("ctx", {}).get("error", "")
+            parts.append(f"body: not valid JSON ({error})" if error else "body: not valid JSON")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+    expected = EXPECTED_BODY.get(path)
+    return "; ".join(parts) + (f"; expected {expected}" if expected else "")
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong API token"},
+    403: {"model": ErrorBody, "description": "a proxied request (X-Forwarded-For)"},
+}
+
+
+def create_app(service: EntitlementService, metrics: Metrics, api_token: str | None = None) -> FastAPI:
+    app = FastAPI(
+        title="metering-sidecar local API",
+        version=__version__,
+        description="Asked by the product container over localhost: may I run, and this much was used.",
+        responses=ERRORS,
+    )
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Any) -> Response:
+        if "x-forwarded-for" in request.headers:
+            return _error(
+                403,
+                "forwarded_request_refused",
+                "requests that carry X-Forwarded-For are refused: this API is for the pod itself",
+            )
+        if api_token and request.url.path not in PROBES:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {api_token}".encode()):
+                return _error(
+                    401,
+                    "unauthorized",
+                    "send the API token as 'Authorization: Bearer <token>'",
+                    {"WWW-Authenticate": "Bearer"},
+                )
+        response: Response = await call_next(request)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(422, "invalid_request", _field_errors(exc, request.url.path))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.get("/healthz", response_model=Probe, tags=["probes"], summary="the process is alive")
+    def healthz() -> Probe:
+        return Probe(status="ok")
+
+    @app.get(
+        "/readyz",
+        response_model=Probe,
+        tags=["probes"],
+        summary="200 only once entitlement is verified",
+        responses={503: {"model": Probe, "description": "pending, or denied with the reason"}},
+    )
+    def readyz() -> Any:
+        state = service.snapshot()
+        if state.status == "entitled":
+            return Probe(status="ready")
+        return JSONResponse(Probe(status=state.status, reason=state.reason).model_dump(), status_code=503)
+
+    @app.get(
+        "/v1/entitlement",
+        response_model=EntitlementResponse,
+        # Unset, not None: nonce, signature and registered_at are always there (null until entitled);
+        # as_json leaves out only `reason`, which is there only when denied (DESIGN.md, "Interfaces").
+        response_model_exclude_unset=True,
+        tags=["entitlement"],
+        summary="the entitlement state and the RegisterUsage token",
+    )
+    def entitlement() -> dict[str, Any]:
+        return as_json(service.snapshot())
+
+    @app.post(
+        "/v1/entitlement/attest",
+        response_model=AttestResponse,
+        tags=["entitlement"],
+        summary="RegisterUsage with your own nonce; verify the token yourself",
+        responses={
+            422: {"model": ErrorBody},
+            429: {"model": ErrorBody},
+            502: {"model": ErrorBody},
+            503: {"model": ErrorBody},
+        },
+    )
+    def attest(body: AttestRequest) -> Any:
+        try:
+            return service.attest(body.nonce)
+        except AttestError as err:
+            headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
+            return _error(err.status, err.code, err.message, headers)
+
+    @app.get(
+        "/metrics",
+        tags=["observability"],
+        summary="Prometheus text format",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
