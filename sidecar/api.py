@@ -8,7 +8,9 @@ refused, since it came through a proxy and not from the pod itself.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import json
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -19,8 +21,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sidecar import __version__
+from sidecar.allocations import EventError
 from sidecar.entitlement import AttestError, EntitlementService, as_json
+from sidecar.ledger import LedgerError
 from sidecar.metrics import Metrics
+from sidecar.usage import UsageService, UsageUnavailable
 
 PROBES = {"/healthz", "/readyz"}
 
@@ -90,13 +95,74 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(service: EntitlementService, metrics: Metrics, api_token: str | None = None) -> FastAPI:
+class UsageEvent(BaseModel):
+    """One usage event, for the API description (the sidecar validates it by AWS's rules)."""
+
+    dimension: str = Field(description="one of METERING_DIMENSIONS")
+    quantity: int = Field(ge=0, le=2_147_483_647)
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="at most 5; keys 1-100, values 1-256 characters"
+    )
+    event_id: str | None = Field(
+        None, min_length=1, max_length=128, description="a repeated event_id is counted once"
+    )
+
+
+class UsageBatch(BaseModel):
+    events: list[UsageEvent] = Field(min_length=1, max_length=10_000)
+
+
+class Accepted(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+USAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/UsageEvent"},
+                        {"$ref": "#/components/schemas/UsageBatch"},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+def create_app(
+    service: EntitlementService,
+    metrics: Metrics,
+    api_token: str | None = None,
+    usage: UsageService | None = None,
+) -> FastAPI:
     app = FastAPI(
         title="metering-sidecar local API",
         version=__version__,
         description="Asked by the product container over localhost: may I run, and this much was used.",
         responses=ERRORS,
     )
+
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # The usage body is validated by AWS's rules in sidecar.allocations; describe it for readers too.
+        if app.openapi_schema is None:
+            schema = document()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            template = "#/components/schemas/{model}"
+            components["UsageEvent"] = UsageEvent.model_json_schema(ref_template=template)
+            batch = UsageBatch.model_json_schema(ref_template=template)
+            batch.pop("$defs", None)
+            components["UsageBatch"] = batch
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
@@ -174,6 +240,55 @@ def create_app(service: EntitlementService, metrics: Metrics, api_token: str | N
         except AttestError as err:
             headers = {"Retry-After": str(max(1, round(err.retry_after)))} if err.retry_after else None
             return _error(err.status, err.code, err.message, headers)
+
+    @app.post(
+        "/v1/usage",
+        status_code=202,
+        response_model=Accepted,
+        tags=["usage"],
+        openapi_extra=USAGE_BODY,
+        summary='report usage: one event or {"events": [...]}; 202 once durably stored',
+        responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def report_usage(request: Request) -> Any:
+        if usage is None or not usage.dimensions:
+            return _error(
+                404, "no_usage_api", "this product has no custom dimensions (METERING_DIMENSIONS is empty)"
+            )
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            metrics.events.labels(result="refused").inc()
+            return _error(422, "invalid_request", "body: not valid JSON")
+        events = []
+        try:
+            events = usage.parse(body)
+            result = await asyncio.wrap_future(usage.ingest(events))
+        except EventError as err:
+            return _error(422, "invalid_request", f"{err.field}: {err.message}")
+        except LedgerError as err:
+            metrics.events.labels(result="refused").inc(len(events))
+            return _error(422, "invalid_request", f"{err.field}: {err.message}")
+        except UsageUnavailable as err:
+            return _error(err.status, err.code, err.message)
+        usage.counted(result)
+        return Accepted(accepted=result.accepted, duplicates=result.duplicates)
+
+    @app.get(
+        "/v1/usage",
+        tags=["usage"],
+        summary="the hourly records and their state (open, sealed, sent, rejected, carried)",
+    )
+    def list_usage() -> dict[str, Any]:
+        return {"records": usage.records() if usage is not None else []}
+
+    @app.get(
+        "/v1/status", tags=["usage"], summary="metering health: last success, failures, oldest unsent record"
+    )
+    def status() -> dict[str, Any]:
+        if usage is None:
+            return {"entitlement": service.snapshot().status, "metering": "hourly product: no usage API"}
+        return usage.status()
 
     @app.get(
         "/metrics",

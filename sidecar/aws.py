@@ -119,3 +119,25 @@ def is_retryable(exc: BaseException) -> bool:
         | botocore.exceptions.HTTPClientError
         | botocore.exceptions.CredentialRetrievalError,
     )
+
+
+# What to do with a MeterUsage answer that is not a success (reference §2.4).
+RETRY, DUPLICATE, CARRY, REJECT = "retry", "duplicate", "carry", "reject"
+
+
+def meter_outcome(exc: BaseException) -> str:
+    """The one place that classifies MeterUsage failures.
+
+    retry      throttling, 5xx, network: resend the same frozen request later
+    duplicate  AWS already has a different quantity for this pod, dimension and hour: never resend
+    carry      the hour is outside AWS's window and was not recorded: its usage moves to the open hour
+    reject     AWS refuses this record for good (bad dimension, tags, entitlement...): keep it, show it
+    """
+    if is_retryable(exc):
+        return RETRY
+    code = error_code(exc)
+    if code in ("DuplicateRequestException", "IdempotencyConflictException"):
+        return DUPLICATE
+    if code == "TimestampOutOfBoundsException":
+        return CARRY
+    return REJECT

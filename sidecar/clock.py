@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Protocol
 
 
@@ -59,6 +60,30 @@ class SettableClock:
             self._frozen = frozen
             self._fixed = current
             self._offset = current - time.time()
+
+
+class FileOffsetClock:
+    """The system clock plus an offset read from a file (testing and demos only), so that another
+    process can move this one's time forward. The file is re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stamp: tuple[int, int] | None = None
+        self._offset = 0.0
+
+    def now(self) -> float:
+        try:
+            st = self._path.stat()
+        except FileNotFoundError:
+            return time.time() + self._offset
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            try:
+                self._offset = float(self._path.read_text().strip() or 0)
+                self._stamp = stamp
+            except (OSError, ValueError):
+                pass  # a half-written file: keep the last offset, read it again next time
+        return time.time() + self._offset
 
 
 def iso(ts: float) -> str:

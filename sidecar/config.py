@@ -45,10 +45,21 @@ class Config:
     register_deadline: float = 1800.0
     # The first retry waits about this long; each next one doubles, up to a minute (sidecar.retry).
     retry_initial_delay: float = 1.0
+    retry_max_delay: float = 60.0
     # After a fatal RegisterUsage answer, a restarted container waits this long before asking again.
     denied_cooldown: float = 300.0
     # attest: at most this many RegisterUsage calls per second, well under AWS's 5/s per account (§1.5).
     attest_rate: float = 1.0
+    # Metering (custom dimensions only).
+    send_spread: float = 300.0
+    send_zero_hours: bool = False
+    heartbeat_dimension: str | None = None
+    heartbeat_quantity: int = 0
+    # Kubernetes gives 30 s by default between SIGTERM and SIGKILL; we stay well below it.
+    shutdown_grace: float = 20.0
+    tick: float = 15.0
+    # Testing and demos only: a file holding seconds to add to the system clock.
+    fake_clock_file: Path | None = None
     log_format: str = "json"
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -79,11 +90,28 @@ VARIABLES: tuple[tuple[str, str], ...] = (
         "METERING_RETRY_INITIAL_DELAY",
         "seconds before the first retry; doubles each time up to 60 (default 1)",
     ),
+    ("METERING_RETRY_MAX_DELAY", "the longest wait between two retries, in seconds (default 60)"),
     (
         "METERING_DENIED_COOLDOWN",
         "seconds a restarted container waits after a fatal RegisterUsage answer (default 300)",
     ),
     ("METERING_ATTEST_RATE", "attest calls to RegisterUsage allowed per second (default 1)"),
+    (
+        "METERING_SEND_SPREAD",
+        "seconds into the next hour over which pods spread their MeterUsage calls (default 300)",
+    ),
+    ("METERING_SEND_ZERO_HOURS", "true to send a zero record for hours with no usage (default false)"),
+    (
+        "METERING_HEARTBEAT_DIMENSION",
+        "a dimension that gets METERING_HEARTBEAT_QUANTITY units for each pod-hour",
+    ),
+    ("METERING_HEARTBEAT_QUANTITY", "units per pod-hour for the heartbeat dimension (default 1)"),
+    (
+        "METERING_SHUTDOWN_GRACE",
+        "seconds after SIGTERM to send the last records (default 20; keep it below the pod's grace)",
+    ),
+    ("METERING_TICK", "seconds between metering checks (default 15)"),
+    ("METERING_FAKE_CLOCK_FILE", "testing and demos only: a file holding seconds to add to the system clock"),
     ("METERING_LOG_FORMAT", "json (default) or text"),
     ("METERING_LOG_LEVEL", "DEBUG, INFO (default), WARNING or ERROR"),
 )
@@ -237,6 +265,15 @@ def load(env: Mapping[str, str]) -> Config:
     if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("METERING_LOG_LEVEL", f"expected DEBUG, INFO, WARNING or ERROR, got {log_level!r}")
     state_dir = env.get("METERING_STATE_DIR", "").strip() or DEFAULT_STATE_DIR
+    heartbeat = env.get("METERING_HEARTBEAT_DIMENSION", "").strip() or None
+    if heartbeat is not None and heartbeat not in dimensions:
+        raise ConfigError("METERING_HEARTBEAT_DIMENSION", f"{heartbeat!r} is not one of METERING_DIMENSIONS")
+    raw_beat = env.get("METERING_HEARTBEAT_QUANTITY", "").strip() or "1"
+    if not _digits(raw_beat) or not 1 <= int(raw_beat) <= 1_000_000:
+        raise ConfigError(
+            "METERING_HEARTBEAT_QUANTITY", f"expected a whole number from 1 to 1000000, got {raw_beat!r}"
+        )
+    fake_clock = env.get("METERING_FAKE_CLOCK_FILE", "").strip()
     return Config(
         product_code=product_code,
         public_key_version=version,
@@ -249,8 +286,16 @@ def load(env: Mapping[str, str]) -> Config:
         allow_non_loopback=allow,
         register_deadline=_number(env, "METERING_REGISTER_DEADLINE", 1800.0),
         retry_initial_delay=_number(env, "METERING_RETRY_INITIAL_DELAY", 1.0, minimum=0.001),
+        retry_max_delay=_number(env, "METERING_RETRY_MAX_DELAY", 60.0, minimum=0.001),
         denied_cooldown=_number(env, "METERING_DENIED_COOLDOWN", 300.0),
         attest_rate=_number(env, "METERING_ATTEST_RATE", 1.0, minimum=0.01),
+        send_spread=_number(env, "METERING_SEND_SPREAD", 300.0),
+        send_zero_hours=_bool(env, "METERING_SEND_ZERO_HOURS"),
+        heartbeat_dimension=heartbeat,
+        heartbeat_quantity=int(raw_beat) if heartbeat else 0,
+        shutdown_grace=_number(env, "METERING_SHUTDOWN_GRACE", 20.0),
+        tick=_number(env, "METERING_TICK", 15.0, minimum=0.01),
+        fake_clock_file=Path(fake_clock) if fake_clock else None,
         log_format=log_format,
         log_level=log_level,
     )

@@ -43,8 +43,12 @@ FATAL_REASONS = {
     "InvalidPublicKeyVersionException": "METERING_PUBLIC_KEY_VERSION is not a valid key version for this product "
     "(a seller configuration error)",
     "DisabledApiException": "the AWS Marketplace Metering API is disabled in this Region",
-    "AccessDeniedException": "the pod's or task's IAM role lacks aws-marketplace:RegisterUsage; attach the policy in "
-    "manifests/iam-policy.json",
+    "AccessDeniedException": "the pod's or task's IAM role may not call AWS Marketplace Metering; allow "
+    "aws-marketplace:RegisterUsage and aws-marketplace:MeterUsage",
+    "InvalidUsageDimensionException": "METERING_DIMENSIONS names a dimension this product does not have "
+    "(a seller configuration error)",
+    "InvalidEndpointRegionException": "MeterUsage was sent to a different Region than the one the pod or task runs "
+    "in; do not hard-code AWS_REGION",
     "UnrecognizedClientException": "AWS did not recognise the credentials; check the IRSA role or task role",
     "NoCredentialsError": "no AWS credentials were found: on EKS annotate the ServiceAccount with "
     "eks.amazonaws.com/role-arn (IRSA); on ECS set a task role",
@@ -92,6 +96,7 @@ class EntitlementService:
         wait: Callable[[float], bool],
         metrics: Metrics,
         backoff: Backoff | None = None,
+        dry_run: Callable[[], Any] | None = None,
     ) -> None:
         self.config = config
         self._register = register  # nonce -> RegisterUsage response
@@ -99,6 +104,8 @@ class EntitlementService:
         self._wait = wait
         self._metrics = metrics
         self._backoff = backoff or Backoff()
+        # For custom-metered products, a DryRun MeterUsage checks the pod may meter (reference §2.4).
+        self._dry_run = dry_run
         self._lock = threading.Lock()
         self._state = Entitlement("pending", config.product_code, config.public_key_version)
         self._attest_cache: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -234,6 +241,8 @@ class EntitlementService:
                 when,
                 extra={"public_key_rotation": when},
             )
+        if self._dry_run is not None and not self._dry_run_ok():
+            return self.snapshot()
         self._set(
             status="entitled",
             nonce=nonce,
@@ -252,6 +261,43 @@ class EntitlementService:
             },
         )
         return self.snapshot()
+
+    def _dry_run_ok(self) -> bool:
+        """A DryRun MeterUsage: for custom-metered products MeterUsage is the entitlement check, and a
+        zero record would block the hour, so we never send one (reference §2.4, §7.5)."""
+
+        def attempt() -> None:
+            assert self._dry_run is not None
+            try:
+                self._dry_run()
+            except Exception as exc:
+                # The model says a permitted DryRun "returns DryRunOperation"; the shape is unconfirmed (§8).
+                if aws.error_code(exc) != "DryRunOperation":
+                    raise
+
+        try:
+            retry_call(
+                attempt,
+                is_retryable=aws.is_retryable,
+                deadline=self.config.register_deadline,
+                backoff=self._backoff,
+                clock=self._clock,
+                wait=self._wait,
+            )
+        except Stopped:
+            return False
+        except DeadlineExceeded as err:
+            self._deny("RetryDeadlineExceeded", f"the DryRun MeterUsage kept failing: {err}")
+            return False
+        except Exception as exc:
+            code = aws.error_code(exc)
+            reason = fatal_reason(code, aws.error_message(exc)).replace(
+                "RegisterUsage", "the DryRun MeterUsage", 1
+            )
+            self._deny(code, reason)
+            return False
+        log.info("DryRun MeterUsage succeeded: this pod may meter usage")
+        return True
 
     # --- attest: RegisterUsage with the product's own nonce --------------------------------------
 

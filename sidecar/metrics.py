@@ -28,6 +28,29 @@ class Metrics:
             ["result"],
             registry=self.registry,
         )
+        self.events = Counter(
+            "metering_usage_events",
+            "usage events by result: accepted, duplicate (a repeated event_id), refused (bad input)",
+            ["result"],
+            registry=self.registry,
+        )
+        self.records = Counter(
+            "metering_records",
+            "hourly MeterUsage records by outcome: sent, retried (a failed attempt), rejected, carried",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "metering_pending_quantity",
+            "usage not yet acknowledged by AWS (open and sealed hours), per dimension",
+            ["dimension"],
+            registry=self.registry,
+        )
+        self.oldest_unsent = Gauge(
+            "metering_oldest_unsent_seconds",
+            "how long the oldest sealed, unsent record has waited since its hour closed (0 if none)",
+            registry=self.registry,
+        )
         self.set_entitlement("pending")
 
     def set_entitlement(self, state: str) -> None:

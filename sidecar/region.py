@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,8 +25,12 @@ class RegionError(RuntimeError):
 def _get_json(url: str) -> Any:
     # The metadata endpoint is link-local on ECS; no proxy may sit in between.
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(url, timeout=2) as response:
-        return json.load(response)
+    try:
+        with opener.open(url, timeout=2) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:
+        err.close()  # an error answer holds the open connection until it is closed
+        raise
 
 
 def region_from_task_metadata(task: Any) -> str | None:

@@ -1,22 +1,27 @@
-"""`metering-sidecar run`: wires configuration, boto3, the entitlement service and the API, and runs them.
+"""`metering-sidecar run`: wires configuration, boto3, entitlement, metering and the API, and runs them.
 
-Lifecycle: the API comes up at once (so probes answer), RegisterUsage runs in a background thread, and
-SIGTERM/SIGINT stop the server gracefully and interrupt any retry wait (uvicorn's own signal handling).
+Lifecycle: the API comes up at once (so probes answer); RegisterUsage runs in a background thread, and
+the metering loop in another. On SIGTERM or SIGINT, uvicorn stops taking requests and finishes those in
+flight; then the sidecar seals the current partial hour (the pod's last record) and sends what is
+unsent, within METERING_SHUTDOWN_GRACE, and exits 0.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Mapping
 from types import FrameType
 from typing import Any
 
 from sidecar import aws, logs
-from sidecar.clock import SystemClock
+from sidecar.allocations import hour_start
+from sidecar.clock import Clock, FileOffsetClock, SystemClock
 from sidecar.config import Config, ConfigError, load
 from sidecar.entitlement import EntitlementService
 from sidecar.metrics import Metrics
@@ -26,13 +31,14 @@ from sidecar.retry import Backoff
 log = logging.getLogger("sidecar.run")
 
 
-class Registrar:
-    """Calls RegisterUsage. The boto3 client is made on first use, inside the retry policy, so that a
-    credential endpoint that is not up yet is retried like any other transient failure."""
+class AwsCalls:
+    """The sidecar's calls to AWS. The boto3 client is made on first use, inside the retry policy, so that
+    a credential endpoint that is not up yet is retried like any other transient failure."""
 
-    def __init__(self, config: Config, region: str) -> None:
+    def __init__(self, config: Config, region: str, clock: Clock) -> None:
         self.config = config
         self.region = region
+        self._clock = clock
         self._setup: aws.AwsSetup | None = None
         self._lock = threading.Lock()
 
@@ -53,11 +59,26 @@ class Registrar:
                     )
             return self._setup.client
 
-    def __call__(self, nonce: str) -> dict[str, Any]:
+    def register(self, nonce: str) -> dict[str, Any]:
         result: dict[str, Any] = self.client().register_usage(
             ProductCode=self.config.product_code, PublicKeyVersion=self.config.public_key_version, Nonce=nonce
         )
         return result
+
+    def meter(self, params: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.client().meter_usage(**params)
+        return result
+
+    def dry_run(self) -> None:
+        self.client().meter_usage(
+            ProductCode=self.config.product_code,
+            # A few minutes back: inside AWS's 6-hour window, yet never "in the future" for a pod whose
+            # clock runs a little ahead of AWS's.
+            Timestamp=int(self._clock.now()) - 300,
+            UsageDimension=self.config.dimensions[0],
+            UsageQuantity=0,
+            DryRun=True,
+        )
 
 
 def _check_state_dir(config: Config) -> None:
@@ -93,6 +114,11 @@ def run(env: Mapping[str, str]) -> int:
             "the API listens on %s, not on loopback: anything that can reach this address can ask it",
             config.host,
         )
+    clock: Clock = FileOffsetClock(config.fake_clock_file) if config.fake_clock_file else SystemClock()
+    if config.fake_clock_file:
+        log.warning(
+            "METERING_FAKE_CLOCK_FILE is set: time comes from %s (testing only)", config.fake_clock_file
+        )
     log.info(
         "starting",
         extra={
@@ -108,15 +134,44 @@ def run(env: Mapping[str, str]) -> int:
 
     stop = threading.Event()
     metrics = Metrics()
+    calls = AwsCalls(config, region, clock)
     service = EntitlementService(
         config,
-        Registrar(config, region),
-        clock=SystemClock(),
+        calls.register,
+        clock=clock,
         wait=stop.wait,
         metrics=metrics,
-        backoff=Backoff(initial=config.retry_initial_delay),
+        backoff=Backoff(initial=config.retry_initial_delay, maximum=config.retry_max_delay),
+        dry_run=calls.dry_run if config.dimensions else None,
     )
-    app = create_app(service, metrics, config.api_token)
+    meter = None
+    usage = None
+    if config.dimensions:
+        from sidecar.ledger import Ledger
+        from sidecar.meter import Meter, MeterSettings
+        from sidecar.usage import UsageService
+
+        ledger = Ledger(config.state_dir / "ledger.db")
+        settings = MeterSettings(
+            product_code=config.product_code,
+            dimensions=config.dimensions,
+            send_spread=config.send_spread,
+            send_zero_hours=config.send_zero_hours,
+            heartbeat_dimension=config.heartbeat_dimension,
+            heartbeat_quantity=config.heartbeat_quantity,
+            tick=config.tick,
+        )
+        meter = Meter(
+            settings,
+            ledger,
+            calls.meter,
+            clock=clock,
+            metrics=metrics,
+            backoff=Backoff(initial=config.retry_initial_delay * 5, maximum=config.retry_max_delay),
+            rng=random.Random(),
+        )
+        usage = UsageService(ledger, meter, service, clock, metrics)
+    app = create_app(service, metrics, config.api_token, usage)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -128,22 +183,41 @@ def run(env: Mapping[str, str]) -> int:
             timeout_graceful_shutdown=5,
         )
     )
-    registering = threading.Thread(target=service.register_at_start, name="register", daemon=True)
+    threads = [threading.Thread(target=service.register_at_start, name="register", daemon=True)]
+    if meter is not None:
+        threads.append(threading.Thread(target=meter.run, args=(stop.wait,), name="meter", daemon=True))
 
     # uvicorn re-raises the signal it caught once it has shut down; a handler of ours makes that a
-    # clean exit (status 0) instead of death by signal.
-    caught: list[int] = []
+    # clean exit (status 0) instead of death by signal. The first signal starts the grace period.
+    caught: list[tuple[int, float]] = []
 
     def remember(signum: int, frame: FrameType | None) -> None:
-        caught.append(signum)
+        caught.append((signum, time.monotonic()))
 
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
-    registering.start()
+    for thread in threads:
+        thread.start()
+    begun = time.monotonic()
     try:
         server.run()
     finally:
         stop.set()
-        registering.join(timeout=5)
-    log.info("stopped", extra={"signal": caught[0] if caught else None})
+        if usage is not None:
+            usage.accepting = False
+        for thread in threads:
+            thread.join(timeout=5)
+    unsent = 0
+    if meter is not None:
+        # The grace period counts from the signal (uvicorn's own shutdown already used some of it).
+        signalled = caught[0][1] if caught else begun
+        left = max(1.0, config.shutdown_grace - (time.monotonic() - signalled))
+        last_hour = hour_start(clock.now())
+        unsent = meter.flush(clock.now() + left, threading.Event().wait)
+        log.info(
+            "final flush done" if not unsent else "final flush left records unsent; they stay in the ledger",
+            extra={"unsent_records": unsent, "last_hour": last_hour},
+        )
+        meter.ledger.close()
+    log.info("stopped", extra={"signal": caught[0][0] if caught else None})
     return 0 if server.started else 1

@@ -84,6 +84,7 @@ def sidecar_env(emu: Emu, tmp: Path, pod: str = "pod-1", **extra: str) -> dict[s
         "METERING_STATE_DIR": str(tmp / "state"),
         "METERING_LOG_FORMAT": "json",
         "METERING_RETRY_INITIAL_DELAY": "0.05",
+        "METERING_RETRY_MAX_DELAY": "0.5",
         "AWS_REGION": REGION,
         "AWS_ENDPOINT_URL_MARKETPLACE_METERING": emu.url,
         "AWS_CONTAINER_CREDENTIALS_FULL_URI": emu.url + CREDENTIALS_PATH,

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sidecar.emulator.errors import AwsError
+from sidecar.emulator.model import OPERATIONS
 
 KINDS = (
     "throttle",
@@ -38,6 +39,19 @@ KINDS = (
     "drop_response",
     "unprocessed",
 )
+
+
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "kind": ((str,), "a string"),
+    "operation": ((str,), "a string"),
+    "count": ((int,), "a whole number"),
+    "rate": ((int, float), "a number from 0 to 1"),
+    "latency_ms": ((int,), "a whole number of milliseconds"),
+    "error_type": ((str,), "a string"),
+    "message": ((str,), "a string"),
+    "status": ((int,), "an HTTP status code"),
+}
+_NULLABLE = {"count", "error_type", "message", "status"}
 
 
 @dataclass
@@ -55,21 +69,37 @@ class FaultRule:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultRule:
-        known = {"kind", "operation", "count", "rate", "latency_ms", "error_type", "message", "status"}
+        known = set(_FIELD_TYPES)
         unknown = set(data) - known
         if unknown:
             raise ValueError(
                 f"unknown fault field(s): {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}"
             )
+        if "kind" not in data:
+            raise ValueError(f"a fault needs 'kind', one of: {', '.join(KINDS)}")
+        for name, value in data.items():
+            # JSON from the admin API: a string count or a fractional one would break the rule later.
+            types, what = _FIELD_TYPES[name]
+            if value is None and name in _NULLABLE:
+                continue
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ValueError(f"fault field '{name}' must be {what}, got {value!r}")
         rule = cls(**data)
+        rule.rate = float(rule.rate)
         if rule.kind not in KINDS:
             raise ValueError(f"fault kind '{rule.kind}' is not one of: {', '.join(KINDS)}")
+        if rule.operation != "*" and rule.operation not in OPERATIONS:
+            raise ValueError(f"fault operation '{rule.operation}' is not one of: *, {', '.join(OPERATIONS)}")
         if rule.kind == "error" and not rule.error_type:
             raise ValueError("a fault of kind 'error' needs 'error_type', for example 'DisabledApiException'")
         if not 0.0 <= rule.rate <= 1.0:
             raise ValueError(f"fault rate must be between 0 and 1, got {rule.rate}")
         if rule.count is not None and rule.count < 1:
             raise ValueError(f"fault count must be at least 1, got {rule.count}")
+        if rule.latency_ms < 0:
+            raise ValueError(f"fault latency_ms must not be negative, got {rule.latency_ms}")
+        if rule.status is not None and not 400 <= rule.status <= 599:
+            raise ValueError(f"fault status must be an HTTP error status (400-599), got {rule.status}")
         return rule
 
     @classmethod
@@ -83,12 +113,15 @@ class FaultRule:
         data: dict[str, Any] = {"operation": parts[0], "kind": parts[1]}
         for item in parts[2].split(",") if len(parts) == 3 and parts[2] else []:
             key, _, value = item.partition("=")
-            if key in ("count", "latency_ms", "status"):
-                data[key] = int(value)
-            elif key == "rate":
-                data[key] = float(value)
-            else:
-                data[key] = value
+            try:
+                if key in ("count", "latency_ms", "status"):
+                    data[key] = int(value)
+                elif key == "rate":
+                    data[key] = float(value)
+                else:
+                    data[key] = value
+            except ValueError:
+                raise ValueError(f"fault '{spec}': {key} must be a number, got '{value}'") from None
         return cls.from_dict(data)
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,13 +185,19 @@ class Faults:
             self.rules.clear()
 
     def draw(self, operation: str) -> list[FaultRule]:
-        """The rules that fire for this call, consuming counts. At most one of each kind."""
+        """The rules that fire for this call, consuming counts: any latency, and at most one outcome (an
+        error, a drop, ...), the first in the order the rules were added. A rule that cannot take effect on
+        this call is not drawn, so "throttle the next 3" and "drop the next 2" fail 5 calls, not 3."""
         fired: list[FaultRule] = []
         with self._lock:
             for rule in list(self.rules):
                 if rule.operation not in ("*", operation):
                     continue
-                if any(f.kind == rule.kind for f in fired):
+                if rule.kind == "unprocessed" and operation != "BatchMeterUsage":
+                    continue
+                if rule.kind != "latency" and any(f.kind != "latency" for f in fired):
+                    continue
+                if rule.kind == "latency" and any(f.kind == "latency" for f in fired):
                     continue
                 if rule.rate < 1.0 and self._random.random() >= rule.rate:
                     continue

@@ -36,7 +36,11 @@ def validate_with_botocore(operation: str, params: dict[str, Any]) -> None:
     A wrong JSON type is a deserialization failure (SerializationException); a missing required
     member, an unknown member or a value under its minimum is a ValidationException.
     """
-    report = ParamValidator().validate(params, input_shape(operation))
+    try:
+        report = ParamValidator().validate(params, input_shape(operation))
+    except RuntimeError as err:
+        # botocore's timestamp parser raises, instead of reporting, for numbers too large for a date.
+        raise AwsError("SerializationException", f"Cannot read a timestamp: {err}") from None
     if not report.has_errors():
         return
     # botocore keeps the structured errors in a private list; we read it only to classify them.

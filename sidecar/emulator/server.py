@@ -141,7 +141,7 @@ class Emulator:
         )
         entry["caller"] = identity.access_key_id
         try:
-            params = json.loads(body or b"{}")
+            params = json.loads(body or b"{}", parse_constant=_not_json)
         except ValueError:
             raise AwsError("SerializationException", "The request body is not valid JSON.") from None
         if not isinstance(params, dict):
@@ -169,14 +169,22 @@ class Emulator:
         return 200, result
 
 
+def _not_json(constant: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, nor does AWS.
+    raise ValueError(f"{constant} is not a JSON value")
+
+
+def _hour_shown(timestamp: Any) -> str:
+    try:
+        return now_iso(float(timestamp))[:13] + ":00Z"
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"  # the request was refused; the log line must still be written
+
+
 def _summary(entry: dict[str, Any]) -> str:
     req = entry.get("request") or {}
     if entry["operation"] == "MeterUsage":
-        hour = (
-            now_iso(float(req["Timestamp"]))[:13] + ":00Z"
-            if isinstance(req.get("Timestamp"), int | float)
-            else "?"
-        )
+        hour = _hour_shown(req.get("Timestamp"))
         extra = " dry-run" if req.get("DryRun") else ""
         return f" dimension={req.get('UsageDimension')} hour={hour} quantity={req.get('UsageQuantity', 0)}{extra}"
     if entry["operation"] == "RegisterUsage":

@@ -140,6 +140,14 @@ def authenticate(
                 "UnrecognizedClientException", "The security token included in the request is invalid."
             )
         return Identity(access_key, region, scope_service, verified=False)
+    claimed_hash = headers.get("x-amz-content-sha256")
+    if claimed_hash is not None and claimed_hash != hashlib.sha256(body).hexdigest():
+        # `signature` signs the claimed hash; without this check a body changed after signing would
+        # pass whenever the original body's hash is sent along.
+        raise AwsError(
+            "InvalidSignatureException",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        )
     expected = signature(
         secret,
         method=method,
