@@ -166,11 +166,11 @@ def create_app(
 
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Response:
-        if "x-forwarded-for" in request.headers:
+        if "x-forwarded-for" in request.headers or "forwarded" in request.headers:
             return _error(
                 403,
                 "forwarded_request_refused",
-                "requests that carry X-Forwarded-For are refused: this API is for the pod itself",
+                "requests that carry X-Forwarded-For or Forwarded are refused: this API is for the pod itself",
             )
         if api_token and request.url.path not in PROBES:
             given = request.headers.get("authorization", "")

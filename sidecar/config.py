@@ -196,6 +196,11 @@ def _public_keys(env: Mapping[str, str], version: int) -> dict[int, RSAPublicKey
         number, sep, file = item.partition("=")
         if not sep or not _digits(number.strip()) or int(number) < 1 or not file.strip():
             raise ConfigError("METERING_PUBLIC_KEY_FILES", f"expected VERSION=FILE pairs, got {item!r}")
+        if int(number) in keys:
+            raise ConfigError(
+                "METERING_PUBLIC_KEY_FILES",
+                f"version {int(number)} is given twice (here and in METERING_PUBLIC_KEY*)",
+            )
         keys[int(number)] = _key(
             "METERING_PUBLIC_KEY_FILES", _read("METERING_PUBLIC_KEY_FILES", file.strip())
         )

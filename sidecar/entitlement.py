@@ -130,6 +130,8 @@ class EntitlementService:
     def _deny(self, code: str, reason: str) -> None:
         self._set(status="denied", reason=reason, reason_code=code)
         log.error("entitlement denied: %s", reason, extra={"code": code})
+        if code == "RetryDeadlineExceeded":
+            return  # a network outage, not an answer from AWS: a restarted container may try again at once
         record = {"code": code, "reason": reason, "at": self._clock.now()}
         try:
             self._denial_path().write_text(json.dumps(record))

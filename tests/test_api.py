@@ -381,6 +381,13 @@ def test_a_forwarded_request_is_refused_everywhere(
     assert sidecar.rig.register.calls == 1, "the refused attest did not reach AWS"
 
 
+def test_a_request_with_a_forwarded_header_is_refused_too(serve: Serve) -> None:
+    sidecar = serve()
+    sidecar.register()
+    response = sidecar.http.get("/v1/entitlement", headers={"Forwarded": "for=10.0.0.1"})
+    error_of(response, 403, "forwarded_request_refused")
+
+
 def test_an_unknown_path_is_404_in_the_error_shape(serve: Serve) -> None:
     error_of(serve().http.get("/v2/nothing"), 404, "not_found")
 

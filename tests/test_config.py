@@ -168,6 +168,12 @@ def test_rotation_keys_add_versions(env: dict[str, str], tmp_path: Path, signer:
     assert sorted(config.public_keys) == [1, 2, 3]
 
 
+def test_a_version_given_twice_is_refused(env: dict[str, str], tmp_path: Path, signer: Signer) -> None:
+    # METERING_PUBLIC_KEY holds version 1 already: a second key for 1 must not silently replace it.
+    one = key_file(tmp_path, "1.pem", signer)
+    refused({**env, "METERING_PUBLIC_KEY_FILES": f"1={one}"}, "METERING_PUBLIC_KEY_FILES", "given twice")
+
+
 def test_the_current_version_may_come_from_the_rotation_list(
     env: dict[str, str], tmp_path: Path, signer: Signer
 ) -> None:

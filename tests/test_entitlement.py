@@ -146,7 +146,8 @@ def test_500s_outlasting_the_deadline_deny(tmp_path: Path, signer: Signer) -> No
     assert r.register.calls == len(r.time.waits) + 1 == state.attempts
     assert r.gauge("denied") == 1.0
     assert r.register_calls("start", "InternalServiceErrorException") == r.register.calls
-    assert json.loads((tmp_path / DENIAL_FILE).read_text())["code"] == "RetryDeadlineExceeded"
+    # A network outage is not an answer from AWS: no cooldown for the next container.
+    assert not (tmp_path / DENIAL_FILE).exists()
 
 
 @pytest.mark.parametrize(
