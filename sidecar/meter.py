@@ -92,7 +92,7 @@ class Meter:
             start = max(
                 self.first_hour,
                 (last + HOUR) if last is not None else self.first_hour,
-                hour_start(now) - 5 * HOUR,
+                hour_start(now - s.carry_after),
             )
             for hour in range(start, upto + 1, HOUR):
                 if dimension == s.heartbeat_dimension and s.heartbeat_quantity:
