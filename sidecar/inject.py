@@ -178,7 +178,7 @@ def inject_document(doc: dict[str, Any], options: InjectOptions) -> str:
         # First, so that it is up (and entitled: its startupProbe) before any other init container runs.
         spec["initContainers"] = [container(options), *(spec.get("initContainers") or [])]
     else:
-        spec["containers"] = [*(spec.get("containers") or []), container(options)]
+        spec["containers"] = [container(options), *(spec.get("containers") or [])]
     existing = {v.get("name") for v in spec.get("volumes") or []}
     spec["volumes"] = [
         *(spec.get("volumes") or []),

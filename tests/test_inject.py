@@ -91,8 +91,8 @@ def test_plain_mode_adds_a_regular_container() -> None:
     inject_document(doc, InjectOptions(product_code="p", mode="plain"))
     spec = doc["spec"]["template"]["spec"]
     assert "initContainers" not in spec
-    assert [c["name"] for c in spec["containers"]] == ["app", CONTAINER]
-    assert "restartPolicy" not in spec["containers"][1]
+    assert [c["name"] for c in spec["containers"]] == [CONTAINER, "app"]  # first, as the Helm chart puts it
+    assert "restartPolicy" not in spec["containers"][0]
 
 
 def test_injecting_twice_changes_nothing() -> None:
@@ -186,3 +186,54 @@ def test_cli_errors(args: list[str], stdin: str, message: str) -> None:
     result = run_cli(*args, stdin=stdin)
     assert result.returncode == 2 and message in result.stderr
     assert result.stdout == ""
+
+
+# The Helm chart's golden renders (tests/golden/helm, kept equal to real `helm template` output by
+# tests/test_helm.py). inject must produce the same sidecar, so the two ways cannot drift apart.
+GOLDEN = Path(__file__).resolve().parent / "golden" / "helm"
+HELM_CASES = {
+    "native": InjectOptions(
+        product_code="prod-abc123example", dimensions=("requests", "storage_gb"),
+        public_key_configmap="shop-metering-public-key", service_account="shop-metering-sidecar",
+    ),
+    "native-hourly-token": InjectOptions(
+        product_code="prod-abc123example", public_key_configmap="shop-metering-public-key",
+        api_token_secret="shop-metering-api-token", service_account="shop-metering-sidecar",
+    ),
+    "plain": InjectOptions(
+        product_code="prod-abc123example", dimensions=("requests", "storage_gb"), mode="plain",
+        public_key_configmap="shop-metering-public-key", api_token_secret="shop-metering-api-token",
+        service_account="shop-metering-sidecar",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HELM_CASES))
+def test_inject_gives_the_same_pod_as_the_helm_chart(case: str) -> None:
+    options = HELM_CASES[case]
+    rendered = next(
+        d
+        for d in yaml.safe_load_all((GOLDEN / f"{case}.yaml").read_text())
+        if d and d["kind"] == "Deployment"
+    )
+    helm_spec = rendered["spec"]["template"]["spec"]
+    listed = "initContainers" if options.mode == "native" else "containers"
+    helm_sidecar = next(c for c in helm_spec[listed] if c["name"] == CONTAINER)
+    assert container(options) == helm_sidecar
+
+    # The rest of the pod: strip the sidecar's parts from the chart's render, inject them again.
+    bare = copy.deepcopy(rendered)
+    spec = bare["spec"]["template"]["spec"]
+    spec[listed] = [c for c in spec[listed] if c["name"] != CONTAINER]
+    if not spec[listed]:
+        del spec[listed]
+    spec["volumes"] = [v for v in spec["volumes"] if not v["name"].startswith("metering-")]
+    spec.pop("terminationGracePeriodSeconds")
+    assert inject_document(bare, options) == "injected"
+    injected = bare["spec"]["template"]["spec"]
+    assert injected[listed] == helm_spec[listed]
+    assert sorted(injected["volumes"], key=str) == sorted(helm_spec["volumes"], key=str)
+    assert injected["terminationGracePeriodSeconds"] == helm_spec["terminationGracePeriodSeconds"]
+    assert injected["serviceAccountName"] == helm_spec["serviceAccountName"]
+    annotations = rendered["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["metering-sidecar.io/injected"] == "true"
