@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
-.PHONY: setup demo emulator-demo test lint typecheck unit emulator clean lock
+.PHONY: setup demo emulator-demo test lint typecheck unit emulator clean lock bench
 
 $(STAMP): requirements.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "metering-sidecar needs Python 3.11 or newer; found " + sys.version.split()[0])'
@@ -41,9 +41,15 @@ unit: setup
 
 test: lint typecheck unit
 
+# The benchmark suite (README, "Benchmarks"): writes bench/results.md. Its load generator, wrk, comes from
+# Debian's packages and is installed here when missing (that needs root, as on CI and these machines).
+bench: setup
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
 # Re-pin requirements.lock from pyproject.toml (needs network access to PyPI).
 lock: setup
-	$(BIN)/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
+	$(BIN)/pip-compile --quiet --extra dev --extra inject --strip-extras --no-emit-index-url --no-emit-find-links -o requirements.lock pyproject.toml
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -350,10 +350,18 @@ def _inject_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _inject(args: argparse.Namespace) -> int:
-    import yaml
+    try:
+        import yaml
 
+        from sidecar.inject import InjectOptions, inject_stream
+    except ImportError as err:
+        print(
+            f"metering-sidecar inject needs the kubernetes client and PyYAML ({err.name} is missing): "
+            "pip install 'metering-sidecar[inject]'. The sidecar image leaves them out on purpose.",
+            file=sys.stderr,
+        )
+        return 2
     from sidecar.config import PRODUCT_CODE_RE
-    from sidecar.inject import InjectOptions, inject_stream
 
     if not PRODUCT_CODE_RE.match(args.product_code):
         print(
