@@ -89,7 +89,7 @@ def metering_client(region: str) -> AwsSetup:
         # One retry policy, ours (sidecar.retry): botocore's own retries are off, so that every attempt is
         # seen, classified and logged in one place.
         config=BotoConfig(
-            retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=15
+            retries={"mode": "standard", "total_max_attempts": 1}, connect_timeout=5, read_timeout=10
         ),
     )
     return AwsSetup(client, region, None if credentials is None else credentials.method)

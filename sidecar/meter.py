@@ -184,11 +184,14 @@ class Meter:
                 due.append(record)
         return due
 
-    def send_due(self, flushing: bool = False) -> int:
-        """Send every record whose time has come. Returns how many are still waiting."""
+    def send_due(self, flushing: bool = False, deadline: float | None = None) -> int:
+        """Send every record whose time has come (no new call starts after `deadline`). Returns how many
+        are still waiting."""
         with self._lock:
             now = self._clock.now()
             for record in self._due(now, flushing):
+                if deadline is not None and self._clock.now() >= deadline:
+                    break  # past the grace period: the rest stays in the ledger
                 self._send_one(record)
             return len(self.ledger.records(states=("sealed",)))
 
@@ -281,11 +284,11 @@ class Meter:
         with self._lock:
             self._due(self._clock.now(), flushing=True)
         self.seal(now_hour)
-        remaining = self.send_due(flushing=True)
+        remaining = self.send_due(flushing=True, deadline=deadline)
         while remaining and self._clock.now() < deadline:
             if wait(min(0.5, max(0.0, deadline - self._clock.now()))):
                 break
-            remaining = self.send_due(flushing=True)
+            remaining = self.send_due(flushing=True, deadline=deadline)
         self.update_gauges()
         return remaining
 
