@@ -8,12 +8,13 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 HOUR = 3600
 MAX_QUANTITY = 2_147_483_647  # UsageQuantity and AllocatedUsageQuantity are int32 (§2.1)
@@ -28,6 +29,7 @@ MAX_BATCH = 10_000
 # whether AWS accepts those is [UNCONFIRMED], so we refuse them at the door (§2.1). \Z: no trailing newline.
 TAG_CHARS = re.compile(r"^[a-zA-Z0-9+ \-=._:/@]+\Z")
 UNTAGGED = ""  # the tag-set key of usage with no tags
+EVENT_FIELDS = frozenset({"dimension", "quantity", "tags", "event_id"})
 
 
 class EventError(ValueError):
@@ -39,21 +41,35 @@ class EventError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
+    """One usage event, checked. A NamedTuple: as immutable as a frozen dataclass, and made in a third of the
+    time (a 1,000-event request makes 1,000 of them)."""
+
     dimension: str
     quantity: int
     tags: str  # canonical tag-set key (tag_key)
     event_id: str | None = None
 
 
+# json.dumps(..., separators=(",", ":")) with its encoder made once: the same text, without building an
+# encoder for every event (that was half the cost of reading an event).
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def tag_key(tags: Mapping[str, str]) -> str:
     """A canonical text form of a tag set: equal sets give equal keys."""
-    return json.dumps(sorted(tags.items()), separators=(",", ":")) if tags else UNTAGGED
+    return _encode(sorted(tags.items())) if tags else UNTAGGED
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed(key: str) -> tuple[tuple[str, str], ...]:
+    # Cached: an hour's record reads each of its (up to 2,500) tag sets several times, and the same tag
+    # sets come back hour after hour. Immutable, so a cached answer cannot be changed by a caller.
+    return tuple((k, v) for k, v in json.loads(key)) if key else ()
 
 
 def tags_of(key: str) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in json.loads(key)] if key else []
+    return list(_parsed(key))
 
 
 def hour_start(ts: float) -> int:
@@ -61,11 +77,42 @@ def hour_start(ts: float) -> int:
     return int(ts // HOUR * HOUR)
 
 
+# Tag sets already checked, and their keys: a product reports the same few tag sets over and over, so
+# each is checked and encoded once, not once per event. Only sets that passed every check are here; the
+# cache starts again when full, so sets that come and go cannot make it grow without bound.
+_KNOWN_TAG_SETS: dict[tuple[tuple[Any, Any], ...], str] = {}
+_KNOWN_TAG_SETS_MAX = 8192
+
+
+def _known_tag_key(tags: dict[Any, Any]) -> str | None:
+    try:
+        return _KNOWN_TAG_SETS.get(tuple(tags.items()))
+    except TypeError:  # an unhashable value (a list, an object): not a tag set we know
+        return None
+
+
+def _checked_tag_key(tags: dict[Any, Any], where: str) -> str:
+    for key, value in tags.items():
+        if not 1 <= len(key) <= MAX_KEY or not TAG_CHARS.match(key):
+            raise EventError(
+                f"{where}tags", f"tag key {key[:40]!r} must be 1-{MAX_KEY} characters of a-zA-Z0-9+ -=._:/@"
+            )
+        if not isinstance(value, str) or not 1 <= len(value) <= MAX_VALUE or not TAG_CHARS.match(value):
+            raise EventError(
+                f"{where}tags.{key}",
+                f"tag value must be a string of 1-{MAX_VALUE} characters of a-zA-Z0-9+ -=._:/@",
+            )
+    if len(_KNOWN_TAG_SETS) >= _KNOWN_TAG_SETS_MAX:
+        _KNOWN_TAG_SETS.clear()
+    key = _KNOWN_TAG_SETS[tuple(tags.items())] = tag_key(tags)
+    return key
+
+
 def _event(raw: Any, where: str, dimensions: frozenset[str]) -> Event:
     if not isinstance(raw, dict):
         raise EventError(where.rstrip(".") or "body", "an event must be a JSON object")
-    unknown = set(raw) - {"dimension", "quantity", "tags", "event_id"}
-    if unknown:
+    if not raw.keys() <= EVENT_FIELDS:
+        unknown = set(raw) - EVENT_FIELDS
         raise EventError(
             f"{where}{sorted(unknown)[0]}", "unknown field; an event has dimension, quantity, tags, event_id"
         )
@@ -88,20 +135,13 @@ def _event(raw: Any, where: str, dimensions: frozenset[str]) -> Event:
         raise EventError(f"{where}tags", "must be an object of tag key to tag value")
     if len(tags) > MAX_TAGS_PER_EVENT:
         raise EventError(f"{where}tags", f"at most {MAX_TAGS_PER_EVENT} tags, got {len(tags)}")
-    for key, value in tags.items():
-        if not 1 <= len(key) <= MAX_KEY or not TAG_CHARS.match(key):
-            raise EventError(
-                f"{where}tags", f"tag key {key[:40]!r} must be 1-{MAX_KEY} characters of a-zA-Z0-9+ -=._:/@"
-            )
-        if not isinstance(value, str) or not 1 <= len(value) <= MAX_VALUE or not TAG_CHARS.match(value):
-            raise EventError(
-                f"{where}tags.{key}",
-                f"tag value must be a string of 1-{MAX_VALUE} characters of a-zA-Z0-9+ -=._:/@",
-            )
+    key = _known_tag_key(tags) if tags else UNTAGGED
+    if key is None:
+        key = _checked_tag_key(tags, where)
     event_id = raw.get("event_id")
     if event_id is not None and (not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID):
         raise EventError(f"{where}event_id", f"must be a string of 1-{MAX_EVENT_ID} characters")
-    return Event(dimension, quantity, tag_key(tags), event_id)
+    return Event(dimension, quantity, key, event_id)
 
 
 def parse_events(body: Any, dimensions: frozenset[str]) -> list[Event]:
@@ -135,7 +175,7 @@ def build_record(usage: Mapping[str, int]) -> HourRecord:
     total = sum(usage.values())
     by_key: dict[str, int] = {}
     for key, quantity in usage.items():
-        for tag, _ in tags_of(key):
+        for tag, _ in _parsed(key):
             by_key[tag] = by_key.get(tag, 0) + quantity
     keep_keys = {
         k for k, _ in sorted(by_key.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_TAG_KEYS_PER_RECORD]
@@ -145,7 +185,7 @@ def build_record(usage: Mapping[str, int]) -> HourRecord:
     for key, quantity in usage.items():
         if key == UNTAGGED or quantity == 0:
             continue
-        if all(tag in keep_keys for tag, _ in tags_of(key)):
+        if all(tag in keep_keys for tag, _ in _parsed(key)):
             tagged.append((key, quantity))
         else:
             untagged += quantity
@@ -179,7 +219,7 @@ def meter_request(
         request["UsageAllocations"] = [
             {
                 "AllocatedUsageQuantity": quantity,
-                **({"Tags": [{"Key": k, "Value": v} for k, v in tags_of(key)]} if key else {}),
+                **({"Tags": [{"Key": k, "Value": v} for k, v in _parsed(key)]} if key else {}),
             }
             for key, quantity in record.allocations
         ]

@@ -95,6 +95,7 @@ class Ledger:
         self._write.executescript(SCHEMA)
         self._read = connect(path)
         self._read_lock = threading.Lock()
+        self._cache = _OpenHours()  # the writer thread's own
         self._jobs: queue.Queue[tuple[Callable[[sqlite3.Connection], Any], Future[Any]] | None] = (
             queue.Queue()
         )
@@ -125,6 +126,8 @@ class Ledger:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 for fn, future in batch:
+                    if not isinstance(fn, _Ingest):
+                        self._cache.clear()  # any other job may change usage or records behind the cache
                     conn.execute("SAVEPOINT job")
                     try:
                         value = fn(conn)
@@ -137,6 +140,7 @@ class Ledger:
                         results.append((future, value, None))
                 conn.execute("COMMIT")
             except Exception as exc:  # the commit itself failed: nothing of the batch is stored
+                self._cache.clear()
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 results = [(future, None, exc) for _, future in batch]
@@ -167,7 +171,7 @@ class Ledger:
     # --- ingest ----------------------------------------------------------------------------------
 
     def ingest(self, events: list[Event], hour: int) -> Future[Ingested]:
-        return self.submit(lambda conn: _ingest(conn, events, hour))
+        return self.submit(_Ingest(events, hour, self._cache))
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -203,8 +207,36 @@ def target_hour(conn: sqlite3.Connection, dimension: str, hour: int) -> int:
     return hour if last_sealed is None or last_sealed < hour else last_sealed + HOUR
 
 
-def _ingest(conn: sqlite3.Connection, events: list[Event], hour: int) -> Ingested:
-    totals: dict[tuple[str, str], int] = {}
+class _OpenHours:
+    """What the writer thread knows about the open hours, so that an ingest job does not ask SQLite again:
+    each hour's total, (dimension, hour) -> quantity (else the overflow check sums the hour's rows, one per
+    tag set, in every job), and where usage for an hour goes, (dimension, hour) -> target_hour. Only ingest
+    jobs keep it right (they change usage, never records); any other job, and any failed commit, empties it.
+    """
+
+    def __init__(self) -> None:
+        self.totals: dict[tuple[str, int], int] = {}
+        self.targets: dict[tuple[str, int], int] = {}
+
+    def clear(self) -> None:
+        self.totals.clear()
+        self.targets.clear()
+
+
+class _Ingest:
+    """An ingest job. The writer tells these from other jobs: only they keep its cache right."""
+
+    def __init__(self, events: list[Event], hour: int, cache: _OpenHours) -> None:
+        self.events = events
+        self.hour = hour
+        self.cache = cache
+
+    def __call__(self, conn: sqlite3.Connection) -> Ingested:
+        return _ingest(conn, self.events, self.hour, self.cache)
+
+
+def _ingest(conn: sqlite3.Connection, events: list[Event], hour: int, cache: _OpenHours) -> Ingested:
+    sums: dict[tuple[str, str], int] = {}
     duplicates = 0
     for event in events:
         if event.event_id is not None:
@@ -215,25 +247,70 @@ def _ingest(conn: sqlite3.Connection, events: list[Event], hour: int) -> Ingeste
                 duplicates += 1
                 continue
         key = (event.dimension, event.tags)
-        totals[key] = totals.get(key, 0) + event.quantity
+        sums[key] = sums.get(key, 0) + event.quantity
     hours: dict[str, int] = {}
-    for (dimension, tags), quantity in totals.items():
+    added: dict[str, int] = {}
+    if len(cache.totals) > 1024 or len(cache.targets) > 1024:
+        cache.clear()  # hours long closed; the meter's next job would empty it anyway
+    for (dimension, _), quantity in sums.items():
         if dimension not in hours:
-            hours[dimension] = target_hour(conn, dimension, hour)
-        add_usage(conn, dimension, hours[dimension], tags, quantity)
+            target = cache.targets.get((dimension, hour))
+            if target is None:  # records only change in other jobs: this answer holds until they run
+                target = cache.targets[(dimension, hour)] = target_hour(conn, dimension, hour)
+            hours[dimension] = target
+        added[dimension] = added.get(dimension, 0) + quantity
+    after: dict[tuple[str, int], int] = {}
     for dimension, at in hours.items():
-        (total,) = conn.execute(
-            "SELECT SUM(quantity) FROM usage WHERE dimension = ? AND hour = ?", (dimension, at)
-        ).fetchone()
-        if total > MAX_QUANTITY:
+        before = cache.totals.get((dimension, at))
+        if before is None:
+            (before,) = conn.execute(
+                "SELECT COALESCE(SUM(quantity), 0) FROM usage WHERE dimension = ? AND hour = ?",
+                (dimension, at),
+            ).fetchone()
+        if before + added[dimension] > MAX_QUANTITY:
             # AWS takes at most 2,147,483,647 per record (§2.1); refuse rather than lose or split the hour.
             raise LedgerError("quantity", f"the hour's total for {dimension!r} would exceed {MAX_QUANTITY}")
+        after[(dimension, at)] = before + added[dimension]
+    rows: dict[str, list[tuple[str, int]]] = {}
+    for (dimension, tags), quantity in sums.items():
+        rows.setdefault(dimension, []).append((tags, quantity))
+    for dimension, tag_sets in rows.items():
+        add_usage_rows(conn, dimension, hours[dimension], tag_sets)
+    # Last, once nothing can fail: a job that raised (and was rolled back) leaves the totals as they were.
+    cache.totals.update(after)
     return Ingested(len(events) - duplicates, duplicates)
 
 
+ADD_USAGE = (
+    "INSERT INTO usage (dimension, hour, tags, quantity) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (dimension, hour, tags) DO UPDATE SET quantity = quantity + excluded.quantity"
+)
+
+
 def add_usage(conn: sqlite3.Connection, dimension: str, hour: int, tags: str, quantity: int) -> None:
-    conn.execute(
-        "INSERT INTO usage (dimension, hour, tags, quantity) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (dimension, hour, tags) DO UPDATE SET quantity = quantity + excluded.quantity",
-        (dimension, hour, tags, quantity),
-    )
+    conn.execute(ADD_USAGE, (dimension, hour, tags, quantity))
+
+
+# All of a request's tag sets for one dimension in one statement: SQLite walks the JSON array itself. With
+# one statement per row, the writer thread needed the GIL back after every row, and while the event loop
+# was busy reading the next request each row waited for it (up to sys.getswitchinterval(), 5 ms).
+ADD_USAGE_ROWS = (
+    "INSERT INTO usage (dimension, hour, tags, quantity) "
+    "SELECT ?, ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) "
+    "WHERE true "  # SQLite's rule: an upsert after INSERT ... SELECT needs a WHERE clause
+    "ON CONFLICT (dimension, hour, tags) DO UPDATE SET quantity = quantity + excluded.quantity"
+)
+
+
+def add_usage_rows(conn: sqlite3.Connection, dimension: str, hour: int, rows: list[tuple[str, int]]) -> None:
+    """add_usage for many (tags, quantity) of one dimension and hour; the tag sets must be distinct."""
+    if len(rows) == 1:  # one statement either way; this one skips the JSON
+        conn.execute(ADD_USAGE, (dimension, hour, *rows[0]))
+        return
+    text = json.dumps(rows)
+    if "\\u0000" in text or "\\ud" in text:
+        # A NUL or a surrogate: their round trip through SQLite's JSON is not assured (tag keys from
+        # allocations.tag_key never have them), so these go row by row, bound as they are.
+        conn.executemany(ADD_USAGE, [(dimension, hour, tags, quantity) for tags, quantity in rows])
+    else:
+        conn.execute(ADD_USAGE_ROWS, (dimension, hour, text))

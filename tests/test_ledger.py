@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sidecar.allocations import HOUR, MAX_QUANTITY, UNTAGGED, Event, tag_key
-from sidecar.ledger import Ingested, Ledger, LedgerError
+from sidecar.ledger import Ingested, Ledger, LedgerError, add_usage
 
 H = 1795687200  # 2026-11-26T10:00:00Z
 T1 = tag_key({"tenant": "a"})
@@ -242,6 +242,53 @@ def test_the_overflow_check_applies_to_the_hour_usage_rolls_into(ledger: Ledger)
     with pytest.raises(LedgerError):
         ledger.ingest([Event("requests", 1, T1)], H).result(timeout=10)  # rolls into H+1, which is full
     assert usage_of(ledger) == [("requests", H + HOUR, T1, MAX_QUANTITY)]
+
+
+def test_the_overflow_check_sees_usage_that_other_jobs_removed_or_added(ledger: Ledger) -> None:
+    """The writer caches each open hour's total; a job that is not an ingest (the meter's seal and carry)
+    may change usage behind it, so the check must not trust a total from before such a job."""
+    ledger.ingest([Event("requests", MAX_QUANTITY - 10, T1)], H).result(timeout=10)
+    # Like a seal: the hour's usage is removed. 100 more now fit.
+    ledger.submit(lambda conn: conn.execute("DELETE FROM usage WHERE hour = ?", (H,))).result(timeout=10)
+    assert ledger.ingest([Event("requests", 100, T1)], H).result(timeout=10) == Ingested(1, 0)
+    # Like a carry: usage is added without an ingest. Now the hour is full.
+    ledger.submit(lambda conn: add_usage(conn, "requests", H, T2, MAX_QUANTITY - 100)).result(timeout=10)
+    with pytest.raises(LedgerError):
+        ledger.ingest([Event("requests", 1, T1)], H).result(timeout=10)
+    assert sum(q for *_, q in usage_of(ledger)) == MAX_QUANTITY
+
+
+def test_a_refused_request_leaves_the_hours_total_as_it_was(ledger: Ledger) -> None:
+    ledger.ingest([Event("requests", MAX_QUANTITY - 5, T1)], H).result(timeout=10)
+    with pytest.raises(LedgerError):
+        ledger.ingest([Event("requests", 3, T1), Event("requests", 3, T2)], H).result(timeout=10)
+    # The refused 6 were not counted: exactly 5 more fit, and then nothing.
+    assert ledger.ingest([Event("requests", 5, T2)], H).result(timeout=10) == Ingested(1, 0)
+    with pytest.raises(LedgerError):
+        ledger.ingest([Event("requests", 1, T1)], H).result(timeout=10)
+    assert usage_of(ledger) == sorted([("requests", H, T1, MAX_QUANTITY - 5), ("requests", H, T2, 5)])
+
+
+def test_tag_sets_of_any_characters_are_stored_exactly(ledger: Ledger) -> None:
+    """A request's tag sets go to SQLite as one JSON array; what comes out must be what went in."""
+    keys = [
+        tag_key({"k": 'a "quote", a backslash \\ and a slash /'}),
+        tag_key({"k": "caf\u00e9 \u2713"}),
+        tag_key({"k": "tab\tnewline\n"}),
+        'raw text: caf\u00e9 \u2713 "quoted" \\',
+        "raw text with a NUL \x00 inside",
+        "raw text with an emoji \U0001f600",
+        UNTAGGED,
+    ]
+    plain = tag_key({"k": "plain"})
+    for n, key in enumerate(keys):  # each with a plain neighbour: a request of several tag sets
+        ledger.ingest([Event("requests", n + 1, key), Event("requests", 100, plain)], H).result(timeout=10)
+    stored = {tags: quantity for _, _, tags, quantity in usage_of(ledger)}
+    assert stored == {plain: 100 * len(keys), **{key: n + 1 for n, key in enumerate(keys)}}
+    # All in one request, added to the same rows.
+    ledger.ingest([Event("requests", 10, key) for key in keys], H).result(timeout=10)
+    stored = {tags: quantity for _, _, tags, quantity in usage_of(ledger)}
+    assert stored == {plain: 100 * len(keys), **{key: n + 11 for n, key in enumerate(keys)}}
 
 
 # --- group commit ----------------------------------------------------------------------------------
