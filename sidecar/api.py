@@ -284,9 +284,8 @@ def create_app(
             events = usage.parse(body)
             result = await asyncio.wrap_future(usage.ingest(events))
         except EventError as err:
-            return _error(422, "invalid_request", f"{err.field}: {err.message}")
-        except LedgerError as err:
-            metrics.events.labels(result="refused").inc(len(events))
+            if isinstance(err, LedgerError):  # refused by the ledger: parse() did not count it yet
+                metrics.events.labels(result="refused").inc(len(events))
             return _error(422, "invalid_request", f"{err.field}: {err.message}")
         except UsageUnavailable as err:
             return _error(err.status, err.code, err.message)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sidecar.allocations import HOUR, MAX_QUANTITY, Event
+from sidecar.allocations import HOUR, MAX_QUANTITY, Event, EventError
 
 T = TypeVar("T")
 SCHEMA = """
@@ -43,13 +43,8 @@ CREATE INDEX IF NOT EXISTS records_by_state ON records (state, hour);
 """
 
 
-class LedgerError(Exception):
-    """A request the ledger refused as a whole (nothing of it was stored)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class LedgerError(EventError):
+    """A request the ledger refused as a whole (nothing of it was stored), e.g. an hour's overflow."""
 
 
 @dataclass(frozen=True)
