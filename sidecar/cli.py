@@ -161,11 +161,12 @@ def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
     p = sub.add_parser(
         "run",
-        help="run the sidecar: RegisterUsage at start, token verified, and the localhost API",
+        help="run the sidecar: entitlement at start, hourly MeterUsage, and the localhost API",
         description=(
             "Run the sidecar next to the product. It calls RegisterUsage with the pod's own role (boto3's "
-            "default chain: IRSA on EKS, the task role on ECS), verifies the signed token, and serves the "
-            "localhost API. Every setting is an environment variable; a flag overrides it."
+            "default chain: IRSA on EKS, the task role on ECS), verifies the signed token, serves the "
+            "localhost API, and, for custom dimensions, stores reported usage durably and sends one "
+            "MeterUsage per dimension per hour. Every setting is an environment variable; a flag overrides it."
         ),
         epilog="AWS settings are boto3's own: AWS_REGION (or AWS_DEFAULT_REGION, or the ECS task metadata), "
         "AWS_ENDPOINT_URL_MARKETPLACE_METERING, AWS_ENDPOINT_URL_STS.",

@@ -136,3 +136,61 @@ def test_attest_through_the_process(emu: Emu, tmp_path: Path, running: list[Side
     claims = client.verify_entitlement(emu.emulator.state.signer.public_pem(), PRODUCT, 1)
     assert claims.product_code == PRODUCT
     assert len(register_calls(emu)) == 2  # the start, and the product's own nonce
+
+
+def test_the_probe_listener_answers_only_the_probes(emu: Emu, tmp_path: Path, running: list[Sidecar]) -> None:
+    from sidecar_proc import free_port
+
+    probe_port = free_port()
+    env = sidecar_env(emu, tmp_path, METERING_PROBE_LISTEN=f"127.0.0.1:{probe_port}")
+    sidecar = start_sidecar(env, tmp_path / "sidecar.log")
+    running.append(sidecar)
+    sidecar.wait_for(lambda b: b["status"] == "entitled")
+    probes = f"http://127.0.0.1:{probe_port}"
+    assert get(probes + "/readyz") == (200, {"status": "ready", "reason": None})
+    assert get(probes + "/healthz")[0] == 200
+    status, body = get(probes + "/v1/entitlement")  # no token or usage on the probe port
+    assert status == 404 and body["error"] == "not_found"
+
+
+def test_probe_listener_reports_a_denial(emu: Emu, tmp_path: Path, running: list[Sidecar]) -> None:
+    from sidecar_proc import free_port
+
+    emu.admin("POST", "/_emulator/entitlement", {"entitled": False})
+    probe_port = free_port()
+    sidecar = start_sidecar(
+        sidecar_env(emu, tmp_path, METERING_PROBE_LISTEN=f"127.0.0.1:{probe_port}"), tmp_path / "sidecar.log"
+    )
+    running.append(sidecar)
+    sidecar.wait_for(lambda b: b["status"] == "denied")
+    status, body = get(f"http://127.0.0.1:{probe_port}/readyz")
+    assert status == 503 and body["status"] == "denied" and "not subscribed" in body["reason"]
+
+
+def wait_ready(url: str, timeout: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "wait-ready", "--url", url, "--timeout", timeout],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_wait_ready_for_plain_container_products(emu: Emu, tmp_path: Path, running: list[Sidecar]) -> None:
+    from sidecar_proc import free_port
+
+    nothing = wait_ready(f"http://127.0.0.1:{free_port()}", "0.5")
+    assert nothing.returncode == 1 and "not ready after 0.5 s" in nothing.stderr
+
+    sidecar = start_sidecar(sidecar_env(emu, tmp_path), tmp_path / "sidecar.log")
+    running.append(sidecar)
+    ready = wait_ready(sidecar.url, "30")
+    assert ready.returncode == 0 and "ready" in ready.stdout
+
+    emu.admin("POST", "/_emulator/entitlement", {"entitled": False})
+    denied_dir = tmp_path / "denied"
+    denied_dir.mkdir()
+    other = start_sidecar(sidecar_env(emu, denied_dir, pod="pod-2"), denied_dir / "sidecar.log")
+    running.append(other)
+    refused = wait_ready(other.url, "30")
+    assert refused.returncode == 1 and "denied" in refused.stderr and "not subscribed" in refused.stderr
