@@ -24,7 +24,7 @@ from typing import Any
 
 from sidecar.clock import SettableClock
 from sidecar.emulator.faults import FaultRule, Faults
-from sidecar.emulator.server import Emulator, _customer, _epoch
+from sidecar.emulator.server import Emulator, customer_from, epoch
 from sidecar.emulator.signer import Signer
 from sidecar.emulator.state import EmulatorState, Settings
 
@@ -125,7 +125,7 @@ def build(options: EmulatorOptions) -> Emulator:
     key_versions: dict[int, float | None] = {1: None}
     with _blame(f"{in_file}: key_versions"):
         for version, rotation in (data.get("key_versions") or {}).items():
-            key_versions[int(version)] = None if rotation is None else _epoch(rotation)
+            key_versions[int(version)] = None if rotation is None else epoch(rotation)
     settings = Settings(
         region=region,
         products=products,
@@ -139,7 +139,7 @@ def build(options: EmulatorOptions) -> Emulator:
         clock_data = data.get("clock") or {}
         start = options.clock or clock_data.get("now")
         clock = SettableClock(
-            None if start is None else _epoch(start),
+            None if start is None else epoch(start),
             frozen=options.frozen_clock or bool(clock_data.get("frozen", False)),
         )
     try:
@@ -157,7 +157,7 @@ def build(options: EmulatorOptions) -> Emulator:
         emulator.add_static_credentials(akid, secret)
     with _blame(f"{in_file}: customers"):
         for customer in data.get("customers") or []:
-            emulator.state.add_customer(_customer(customer))
+            emulator.state.add_customer(customer_from(customer))
     with _blame(f"{in_file}: faults"):
         for fault in data.get("faults") or []:
             emulator.faults.add(FaultRule.from_dict(fault))

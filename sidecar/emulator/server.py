@@ -20,12 +20,12 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from sidecar.clock import SettableClock
+from sidecar.clock import SettableClock, iso
 from sidecar.emulator import model
 from sidecar.emulator.errors import AwsError
 from sidecar.emulator.faults import FaultRule, Faults, RateLimiter
 from sidecar.emulator.sigv4 import authenticate
-from sidecar.emulator.state import Customer, EmulatorState, now_iso
+from sidecar.emulator.state import Customer, EmulatorState
 
 log = logging.getLogger("sidecar.emulator")
 JSON_11 = "application/x-amz-json-1.1"
@@ -86,7 +86,7 @@ class Emulator:
         faults = f" faults={','.join(entry['faults'])}" if entry.get("faults") else ""
         log.info(
             "%s %s caller=%s -> %s%s%s",
-            now_iso(entry["at"]),
+            iso(entry["at"]),
             entry["operation"],
             entry.get("caller") or "-",
             outcome,
@@ -177,7 +177,7 @@ def _not_json(constant: str) -> Any:
 
 def _hour_shown(timestamp: Any) -> str:
     try:
-        return now_iso(float(timestamp))[:13] + ":00Z"
+        return iso(float(timestamp))[:13] + ":00Z"
     except (TypeError, ValueError, OverflowError, OSError):
         return "?"  # the request was refused; the log line must still be written
 
@@ -300,7 +300,7 @@ def admin(
         if not isinstance(clock, SettableClock):
             return 409, {"error": "clock_fixed", "message": "this emulator runs on the system clock"}
         if "now" in data:
-            clock.set(_epoch(data["now"]))
+            clock.set(epoch(data["now"]))
         if "advance" in data:
             clock.advance(float(data["advance"]))
         if "frozen" in data:
@@ -337,14 +337,14 @@ def admin(
     if route == ("POST", "/_emulator/key-versions"):
         with state.lock:
             rotation = data.get("rotation_timestamp")
-            state.settings.key_versions[int(data["version"])] = None if rotation is None else _epoch(rotation)
+            state.settings.key_versions[int(data["version"])] = None if rotation is None else epoch(rotation)
         return 200, {"key_versions": state.settings.key_versions}
     if route == ("POST", "/_emulator/customers"):
-        customer = _customer(data)
+        customer = customer_from(data)
         state.add_customer(customer)
         return 201, customer.__dict__
     if route == ("POST", "/_emulator/registration-tokens"):
-        customer = _customer(data)
+        customer = customer_from(data)
         state.add_customer(customer)
         token = state.new_registration_token(customer, data.get("expires_in"))
         return 201, {"registration_token": token, **customer.__dict__}
@@ -359,7 +359,7 @@ def admin(
     return 404, {"error": "not_found", "message": f"no admin route {method} {path}"}
 
 
-def _customer(data: dict[str, Any]) -> Customer:
+def customer_from(data: dict[str, Any]) -> Customer:
     known = {
         "product_code",
         "customer_identifier",
@@ -382,7 +382,7 @@ def _customer(data: dict[str, Any]) -> Customer:
     )
 
 
-def _epoch(value: Any) -> float:
+def epoch(value: Any) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str):
@@ -392,7 +392,7 @@ def _epoch(value: Any) -> float:
 
 def _clock(emu: Emulator) -> dict[str, Any]:
     now = emu.state.clock.now()
-    return {"now": now, "iso": now_iso(now), "frozen": bool(getattr(emu.state.clock, "frozen", False))}
+    return {"now": now, "iso": iso(now), "frozen": bool(getattr(emu.state.clock, "frozen", False))}
 
 
 class EmulatorServer:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import secrets
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -352,7 +351,3 @@ class EmulatorState:
 def _number(value: Decimal) -> int | float:
     """A quantity for the JSON record list: an int when whole."""
     return int(value) if value == value.to_integral_value() else float(value)
-
-
-def now_iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
