@@ -355,3 +355,17 @@ def test_admin_lists_and_clears_faults(emu: Emu, client: Any) -> None:
     assert emu.admin("DELETE", "/_emulator/faults") == {"faults": []}
     _meter(client)
     assert _log(emu) == [("MeterUsage", 200, None, [])]
+
+
+def test_an_unexpected_failure_inside_the_emulator_is_a_logged_500(
+    emu: Emu, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError("a bug in the emulator")
+
+    monkeypatch.setattr(emu.emulator.state, "handle", broken)
+    client = emu.client()
+    with pytest.raises(client.exceptions.InternalServiceErrorException):
+        client.register_usage(ProductCode="prod-test-0001", PublicKeyVersion=1)
+    last = emu.calls()[-1]
+    assert (last["operation"], last["status"], last["error"]) == ("RegisterUsage", 500, "EmulatorFailure")

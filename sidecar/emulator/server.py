@@ -110,6 +110,15 @@ class Emulator:
         except AwsError as err:
             status, payload = err.status, err.body()
             entry["error"] = err.type
+        except Exception:
+            # A bug of ours, or input nothing anticipated: answer as AWS does for its own failures (a
+            # retryable 500), and keep it in the call log, rather than dropping the connection silently.
+            log.exception("the emulator failed on a %s call", entry["operation"])
+            error = AwsError(
+                "InternalServiceErrorException", "An internal error has occurred. Retry your request."
+            )
+            status, payload = error.status, error.body()
+            entry["error"] = "EmulatorFailure"
         entry["status"] = status
         entry.setdefault("error", None)
         entry["response"] = payload
