@@ -85,6 +85,20 @@ def make_client(url: str, access_key: str, secret: str, region: str = REGION, at
     )
 
 
+@pytest.fixture(scope="module")
+def sts_url() -> Iterator[str]:
+    """moto's STS server on loopback: AssumeRoleWithWebIdentity for the IRSA path (AWS_ENDPOINT_URL_STS)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def emu(signer: Signer) -> Iterator[Emu]:
     clock = SettableClock(T0, frozen=True)

@@ -6,26 +6,12 @@ ECS: container credentials from a loopback endpoint (the emulator's), as on ECS.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import Emu
-from moto.server import ThreadedMotoServer
 from sidecar_proc import Sidecar, log_lines, sidecar_env, start_sidecar
 
 ROLE_ARN = "arn:aws:iam::111122223333:role/metering-sidecar-irsa"
-
-
-@pytest.fixture(scope="module")
-def sts_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def irsa_env(emu: Emu, tmp_path: Path, sts_url: str) -> dict[str, str]:

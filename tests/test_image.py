@@ -35,7 +35,6 @@ import pytest
 from conftest import PRODUCT, REGION, T0, Emu
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from moto.server import ThreadedMotoServer
 from sidecar_proc import free_port
 
 from sidecar.emulator.server import CREDENTIALS_PATH
@@ -452,17 +451,6 @@ def test_meters_an_hour_read_only_as_65532_and_flushes_on_sigterm(
     # only changes are the mount point Docker made for the bind mount.
     changes = set(docker("diff", container.name).stdout.split("\n")) - {""}
     assert changes <= {"C /etc", "A /etc/metering"}, changes
-
-
-@pytest.fixture(scope="module")
-def sts_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 @pytest.mark.required_in_ci
