@@ -9,32 +9,15 @@ No timing is asserted here: these machines are noisy. What is asserted:
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import T0, Emu
-from sidecar_proc import Sidecar, get, sidecar_env, start_sidecar
+from sidecar_proc import DIMENSIONS, HOUR, Pod, Sidecar, get, post, sidecar_env, start_sidecar
 
-HOUR = 3600
-DIMENSIONS = ("requests", "storage_gb")  # the emulator fixture's product
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def post(sidecar: Sidecar, path: str, body: Any) -> tuple[int, Any]:
-    request = urllib.request.Request(
-        sidecar.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def rss_mib(sidecar: Sidecar) -> float:
@@ -44,71 +27,26 @@ def rss_mib(sidecar: Sidecar) -> float:
     raise AssertionError("no VmRSS")
 
 
-class Day:
-    """One pod over a simulated day: its state dir and identity stay, its process may be restarted."""
+class Day(Pod):
+    """One pod over a simulated day, reporting every hour and asking for attestations in bursts."""
 
-    def __init__(self, emu: Emu, tmp: Path) -> None:
-        self.emu = emu
-        self.tmp = tmp
-        self.clock_file = tmp / "clock-offset"
-        self.env = sidecar_env(
-            emu,
-            tmp,
-            METERING_DIMENSIONS=",".join(DIMENSIONS),
-            METERING_TICK="0.05",
-            METERING_SEND_SPREAD="0",
-            METERING_FAKE_CLOCK_FILE=str(self.clock_file),
-            METERING_ATTEST_RATE="1",
-        )
-        self.sidecar: Sidecar | None = None
-        self.starts = 0
-
-    def move_to(self, t: float) -> None:
-        """Both clocks to `t`: the emulator's (frozen there) and the sidecar's (running from there)."""
-        self.emu.clock.set(t)
-        self.clock_file.write_text(str(t - time.time()))
-
-    def start(self) -> Sidecar:
-        self.starts += 1
-        self.sidecar = start_sidecar(self.env, self.tmp / f"sidecar-{self.starts}.log")
-        body = self.sidecar.wait_for(lambda b: b["status"] != "pending")
-        assert body["status"] == "entitled", self.sidecar.logs()
-        return self.sidecar
-
-    def stop(self) -> None:
-        if self.sidecar is not None:
-            assert self.sidecar.stop() == 0, self.sidecar.logs()
-
-    def report(self, hour: int) -> None:
-        assert self.sidecar is not None
+    def report_hour(self, hour: int) -> None:
         events = [
             {"dimension": d, "quantity": 1 + (hour + i) % 5, "tags": {"tenant": f"t{i % 3}"}}
             for i, d in enumerate(DIMENSIONS * 3)
         ]
-        status, body = post(self.sidecar, "/v1/usage", {"events": events})
+        status, body = self.post({"events": events})
         assert status == 202, body
-
-    def wait_sent(self, timeout: float = 20.0) -> None:
-        assert self.sidecar is not None
-        deadline = time.monotonic() + timeout
-        status: Any = None
-        while time.monotonic() < deadline:
-            _, status = get(self.sidecar.url + "/v1/status")
-            if not status["records"].get("sealed") and not any(status["pending_quantity"].values()):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"records still unsent: {status}\n{self.sidecar.logs()}")
 
     def attest_burst(self, hour: int, nonces: set[str], size: int = 4) -> tuple[int, float]:
         """Fresh nonces as fast as it can, then one repeat (the cache answers it). Returns the 429s and how
         long the burst took."""
-        assert self.sidecar is not None
         fresh = [f"attest-{hour}-{i}" for i in range(size)]
         nonces.update(fresh)
         refused = 0
         began = time.monotonic()
         for nonce in [*fresh, fresh[0]]:
-            status, body = post(self.sidecar, "/v1/entitlement/attest", {"nonce": nonce})
+            status, body = self.post({"nonce": nonce}, "/v1/entitlement/attest")
             assert status in (200, 429), body
             refused += status == 429
         return refused, time.monotonic() - began
@@ -124,7 +62,7 @@ def test_a_simulated_day_makes_exactly_the_aws_calls_it_should(emu: Emu, tmp_pat
     day.start()
     try:
         for hour in range(hours):
-            day.report(hour)
+            day.report_hour(hour)
             if hour in attest_at:
                 n, took = day.attest_burst(hour, nonces)
                 refused += n
@@ -134,7 +72,7 @@ def test_a_simulated_day_makes_exactly_the_aws_calls_it_should(emu: Emu, tmp_pat
             day.move_to(T0 + (hour + 1) * HOUR)
             day.wait_sent()
             if hour in restart_after:  # a restart between hours: SIGTERM, then a new process
-                day.stop()
+                assert day.stop() == 0
                 day.start()
     finally:
         day.stop()
@@ -156,7 +94,7 @@ def test_a_simulated_day_makes_exactly_the_aws_calls_it_should(emu: Emu, tmp_pat
     assert len(attest_at) <= len(for_attest) <= int(allowed), (len(for_attest), allowed)
     assert refused >= len(attest_at) * 4 - int(allowed)  # the rest were refused with 429, not sent
     dry_runs = [c for c in calls if c["operation"] == "MeterUsage" and c["request"].get("DryRun")]
-    assert len(dry_runs) <= day.starts  # the start-up check: at most one per start
+    assert len(dry_runs) == day.starts  # the start-up check: exactly one per start
 
 
 def test_memory_does_not_grow_with_the_event_count(emu: Emu, tmp_path: Path) -> None:
@@ -183,7 +121,7 @@ def test_memory_does_not_grow_with_the_event_count(emu: Emu, tmp_path: Path) -> 
         def post_until(total: int) -> None:
             nonlocal sent
             while sent < total:
-                status, body = post(sidecar, "/v1/usage", bodies[(sent // batch) % len(bodies)])
+                status, body = post(sidecar.url + "/v1/usage", bodies[(sent // batch) % len(bodies)])
                 assert status == 202, body
                 sent += batch
 

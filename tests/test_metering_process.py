@@ -8,125 +8,15 @@ sum, per dimension, to what the product reported, and nothing was refused as a d
 
 from __future__ import annotations
 
-import json
 import random
-import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import T0, Emu
-from sidecar_proc import Sidecar, get, log_lines, sidecar_env, start_sidecar
-
-HOUR = 3600
-DIMENSIONS = ("requests", "storage_gb")
-
-
-class Pod:
-    """One pod: a state dir that outlives container restarts, one credential identity, one clock file."""
-
-    def __init__(self, emu: Emu, tmp: Path, **extra: str) -> None:
-        self.emu = emu
-        self.tmp = tmp
-        self.clock_file = tmp / "clock-offset"
-        self.env = sidecar_env(
-            emu,
-            tmp,
-            METERING_DIMENSIONS=",".join(DIMENSIONS),
-            METERING_TICK="0.05",
-            METERING_SEND_SPREAD="0",
-            METERING_FAKE_CLOCK_FILE=str(self.clock_file),
-            **extra,
-        )
-        self.sidecar: Sidecar | None = None
-        self.starts = 0
-        self.reported = dict.fromkeys(DIMENSIONS, 0)
-        self.move_to(T0)
-
-    def move_to(self, t: float) -> None:
-        """Both clocks to `t`: the emulator's (frozen there) and the sidecar's (running from there)."""
-        self.emu.clock.set(t)
-        self.clock_file.write_text(str(t - time.time()))
-
-    def start(self) -> Sidecar:
-        self.starts += 1
-        self.sidecar = start_sidecar(self.env, self.tmp / f"sidecar-{self.starts}.log")
-        assert self.sidecar.wait_for(lambda b: b["status"] != "pending")["status"] == "entitled", (
-            self.sidecar.logs()
-        )
-        return self.sidecar
-
-    def kill9(self) -> None:
-        assert self.sidecar is not None
-        self.sidecar.proc.send_signal(signal.SIGKILL)
-        self.sidecar.proc.wait(timeout=10)
-
-    def post(self, body: dict[str, Any]) -> tuple[int, Any]:
-        assert self.sidecar is not None
-        request = urllib.request.Request(
-            self.sidecar.url + "/v1/usage",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as err:
-            return err.code, json.loads(err.read())
-
-    def report(self, events: list[dict[str, Any]]) -> None:
-        """Post until acknowledged (202), restarting the sidecar if it is gone: what a product would do."""
-        for _ in range(20):
-            try:
-                status, body = self.post({"events": events})
-            except OSError:
-                status, body = 0, None
-            if status == 202:
-                for event in events:
-                    self.reported[event["dimension"]] += event["quantity"]
-                return
-            assert status in (0, 503), (status, body)
-            if self.sidecar is None or self.sidecar.proc.poll() is not None:
-                self.start()
-            else:
-                time.sleep(0.05)
-        raise AssertionError("usage was never acknowledged")
-
-    def records(self) -> list[dict[str, Any]]:
-        return [r for r in self.emu.records() if r["operation"] == "MeterUsage"]
-
-    def billed(self) -> dict[str, int]:
-        totals = dict.fromkeys(DIMENSIONS, 0)
-        for record in self.records():
-            totals[record["dimension"]] += record["quantity"]
-        return totals
-
-    def wait_sent(self, timeout: float = 20.0) -> dict[str, Any]:
-        """Until the sidecar has no sealed records left and reports nothing pending."""
-        assert self.sidecar is not None
-        deadline = time.monotonic() + timeout
-        status: Any = None
-        while time.monotonic() < deadline:
-            _, status = get(self.sidecar.url + "/v1/status")
-            if not status["records"].get("sealed") and not any(status["pending_quantity"].values()):
-                return dict(status)
-            time.sleep(0.05)
-        raise AssertionError(f"records still unsent: {status}\n{self.sidecar.logs()}")
-
-    def assert_billed_exactly_once(self) -> None:
-        assert self.billed() == self.reported
-        errors = [c["error"] for c in self.emu.calls() if c["operation"] == "MeterUsage"]
-        assert "DuplicateRequestException" not in errors
-        assert "TimestampOutOfBoundsException" not in errors
-        hours = [(r["dimension"], r["hour"]) for r in self.records()]
-        assert len(hours) == len(set(hours)), "one record per dimension per hour"
-
-    def stop(self) -> int:
-        return self.sidecar.stop() if self.sidecar and self.sidecar.proc.poll() is None else 0
+from sidecar_proc import DIMENSIONS, HOUR, Pod, get, log_lines
 
 
 @pytest.fixture
