@@ -13,19 +13,37 @@ FROM ${BASE_IMAGE} AS build
 LABEL metering-sidecar.stage="build"
 ARG VERSION=0.1.0
 COPY build/wheels/ /wheels/
-# The runtime dependencies and the sidecar, from the wheelhouse only (no index, no compiler). Then what
-# the sidecar never loads goes: pip and setuptools; botocore's models of every AWS service except the
-# two it calls (meteringmarketplace; sts for IRSA's AssumeRoleWithWebIdentity; the top-level
-# endpoints.json, partitions.json, _retry.json and sdk-default-configuration.json stay). The kubernetes
-# client is not here at all: only `inject` uses it, on a seller's machine (the `inject` extra).
-# pip compiles the .pyc files here, so a read-only container does not recompile at every start (that
-# saves ~1 s of `run`'s start).
+# The runtime dependencies and the sidecar, from the wheelhouse only (no index, no compiler; the wheels'
+# shared libraries are already stripped). The kubernetes client is not here at all: only `inject` uses
+# it, on a seller's machine (the `inject` extra). Then what the sidecar never reads goes:
+# - pip and setuptools: nothing is installed at run time.
+# - botocore's models of every AWS service but the two it calls (meteringmarketplace; sts for IRSA's
+#   AssumeRoleWithWebIdentity), and their lines in botocore's RECORD (0.2 MB of them). The top-level
+#   endpoints.json, partitions.json, _retry.json and sdk-default-configuration.json stay.
+# - boto3/data: boto3's resource models, read by session.resource() only; the sidecar uses clients.
+# - *.pyi, *.pyx, *.pxd: type stubs and Cython sources, for type checkers and compilers only.
+# endpoints.json is gzipped (1.25 MB to 50 kB): botocore's loader reads NAME.json.gz as it reads
+# NAME.json (its service models ship that way).
+# The .pyc files are compiled here, so that a read-only container does not recompile them at every
+# start (~1 s of `run`'s start). PYTHONNODEBUGRANGES leaves out their column tables (0.9 MB, and less
+# memory): tracebacks keep their files and lines, they lose only the ^^^ markers. No .pyc for cffi,
+# pycparser and idna (0.9 MB), which the sidecar never imports: the first two only build cryptography's
+# bindings, idna is for non-ASCII host names. Imported after all, a module is compiled in memory: the
+# same behaviour, once slower.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/python -m pip install --no-cache-dir --no-index --only-binary=:all: \
+    && /opt/venv/bin/python -m pip install --no-cache-dir --no-index --only-binary=:all: --no-compile \
         --find-links /wheels "metering-sidecar==${VERSION}" \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip setuptools \
-    && find /opt/venv/lib/python3*/site-packages/botocore/data -mindepth 1 -maxdepth 1 -type d \
-        ! -name meteringmarketplace ! -name sts -exec rm -rf {} +
+    && sp="$(echo /opt/venv/lib/python3*/site-packages)" \
+    && find "$sp/botocore/data" -mindepth 1 -maxdepth 1 -type d ! -name meteringmarketplace ! -name sts \
+        -exec rm -rf {} + \
+    && sed -i -E '\#^botocore/data/[^/]+/#{\#^botocore/data/(meteringmarketplace|sts)/#!d}' \
+        "$sp"/botocore-*.dist-info/RECORD \
+    && gzip -9 -n "$sp/botocore/data/endpoints.json" \
+    && rm -rf "${sp:?}"/boto3/data/* \
+    && find "$sp" \( -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \) -delete \
+    && PYTHONNODEBUGRANGES=1 /opt/venv/bin/python -m compileall -q \
+        -x '/site-packages/(cffi|pycparser|idna)/' "$sp"
 
 FROM ${BASE_IMAGE}
 

@@ -27,7 +27,12 @@ ENTITLEMENT = {
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="bench baseline")
+    # FastAPI configured as the sidecar configures it (NO_TELEMETRY in sidecar/api.py, not imported:
+    # the baseline loads nothing of the sidecar): its built-in OpenTelemetry off.
+    app = FastAPI(
+        title="bench baseline",
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
 
     # Every route is `async def`: the cheapest way FastAPI answers (a plain `def` runs in a worker thread).
     @app.get("/healthz")
@@ -66,6 +71,8 @@ def main() -> None:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            http="httptools",  # a dependency: C parsing, half h11's cost per request (bench/results.md)
+            proxy_headers=False,
         )
     )
     server.run()

@@ -12,7 +12,8 @@
    the runtime dependencies only ([project.dependencies] and what they need, markers evaluated, no
    dev extras), at exactly the versions pinned in requirements.lock, with `pip wheel --no-deps`, plus
    the project's own wheel. They go to build/wheels, the only part of the context that .dockerignore
-   lets through.
+   lets through. Their shared libraries are stripped there (`strip` from binutils; without it the build
+   only says so): cryptography's and httptools' ship with symbol tables or debug information.
 3. `docker build --network none`: no step of the build needs a network (everything is local), so the
    build is given none at all. That also keeps it away from the default bridge, which must not be used.
 4. The size: the image, its base, and what our layers add, printed and written to build/image-size.txt
@@ -22,7 +23,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
+import hashlib
 import importlib.metadata
+import io
 import os
 import re
 import shutil
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 import tomllib
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,6 +273,80 @@ def build_wheelhouse(wheelhouse: Path, pins: Sequence[str]) -> list[Path]:
     return wheels
 
 
+def strip_wheel(wheel: Path, strip: str) -> int:
+    """Remove the symbol tables and debug sections of the wheel's shared libraries (`strip
+    --strip-unneeded`: the code and what the dynamic linker needs stay), and put their new sha256 and
+    size in RECORD. Returns the bytes saved once installed.
+
+    cryptography's Rust extension ships with its symbol table (14.4 MB, 11.6 MB stripped), httptools'
+    Cython parsers with their debug information (1.6 MB, 0.26 MB). The zip is rewritten with the same
+    members in the same order, with the same dates, modes and compression, so the result is the same
+    bytes every time; a wheel whose libraries strip makes no smaller is left as it is, so a reused
+    wheel is not rewritten and docker's layer cache holds.
+    """
+    with zipfile.ZipFile(wheel) as source:
+        infos = source.infolist()
+        contents = {info.filename: source.read(info) for info in infos}
+    changed: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="metering-strip-") as tmp:
+        original, stripped = Path(tmp) / "in.so", Path(tmp) / "out.so"
+        for name, data in contents.items():
+            if not (name.endswith(".so") or ".so." in name) or not data.startswith(b"\x7fELF"):
+                continue
+            original.write_bytes(data)
+            result = subprocess.run(
+                [strip, "--strip-unneeded", "-o", str(stripped), str(original)],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:  # e.g. a library for another architecture: it stays as it is
+                log(f"strip failed on {name} in {wheel.name}, left as it is: {result.stderr.strip()}")
+                continue
+            smaller = stripped.read_bytes()
+            if len(smaller) < len(data):
+                changed[name] = smaller
+    if not changed:
+        return 0
+    # The wheel's own RECORD (top level), a CSV file: paths with a comma are quoted.
+    record = next(name for name in contents if re.fullmatch(r"[^/]+\.dist-info/RECORD", name))
+    lines = []
+    for line in contents[record].decode().splitlines(keepends=True):
+        row = next(csv.reader([line]), None)
+        if row and row[0] in changed:
+            new = changed[row[0]]
+            digest = base64.urlsafe_b64encode(hashlib.sha256(new).digest()).rstrip(b"=").decode()
+            out = io.StringIO()
+            csv.writer(out, lineterminator="").writerow([row[0], f"sha256={digest}", len(new)])
+            line = out.getvalue() + line[len(line.rstrip("\r\n")) :]  # the line's own ending
+        lines.append(line)
+    saved = sum(len(contents[name]) - len(data) for name, data in changed.items())
+    contents.update(changed)
+    contents[record] = "".join(lines).encode()
+    fd, scratch = tempfile.mkstemp(prefix=wheel.name + ".", suffix=".tmp", dir=wheel.parent)
+    os.close(fd)
+    try:
+        os.chmod(scratch, wheel.stat().st_mode & 0o777)  # mkstemp's 0600 otherwise
+        with zipfile.ZipFile(scratch, "w") as target:
+            for info in infos:  # the same ZipInfo: name, date, mode, compression; only sizes and CRCs differ
+                target.writestr(info, contents[info.filename])
+        os.replace(scratch, wheel)
+    except BaseException:
+        os.unlink(scratch)
+        raise
+    return saved
+
+
+def strip_wheelhouse(wheels: Iterable[Path]) -> None:
+    strip = shutil.which("strip")
+    if strip is None:
+        log("strip (binutils) is not installed: the wheels' shared libraries keep their symbol tables")
+        return
+    for wheel in wheels:
+        saved = strip_wheel(wheel, strip)
+        if saved:
+            log(f"stripped the shared libraries of {wheel.name}: {mb(saved)} smaller installed")
+
+
 # --- 3. and 4. the image, its size, and the leftovers of earlier builds -----------------------------
 
 
@@ -366,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     mark = time.monotonic()
     pins = runtime_pins()
     wheels = build_wheelhouse(WHEELHOUSE, pins)
+    strip_wheelhouse(wheels)
     log(f"wheelhouse: {len(wheels)} wheels, {mb(sum(w.stat().st_size for w in wheels))}")
     timings["wheels"] = time.monotonic() - mark
 

@@ -182,6 +182,8 @@ def run(env: Mapping[str, str]) -> int:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
+            http="httptools",  # a dependency: C parsing, half h11's cost per request (bench/results.md)
+            proxy_headers=False,  # the API refuses proxied requests (api.Guard): nothing to rewrite
         )
     )
     threads = [threading.Thread(target=service.register_at_start, name="register", daemon=True)]

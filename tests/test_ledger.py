@@ -4,13 +4,17 @@ hour's overflow without harm to its neighbours in the same group commit, roll-fo
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from sidecar import ledger as ledger_module
 from sidecar.allocations import HOUR, MAX_QUANTITY, UNTAGGED, Event, tag_key
 from sidecar.ledger import Ingested, Ledger, LedgerError, add_usage
 
@@ -337,3 +341,113 @@ def test_concurrent_ingests_without_a_gate_all_land(ledger: Ledger) -> None:
         thread.join(timeout=60)
     assert results == [Ingested(1, 0)] * 200
     assert usage_of(ledger) == [("requests", H, T2, 600)]
+
+
+# --- a group of ingests is decided as if each ran alone ----------------------------------------------
+
+# A step: ("ingest", events, hour) or ("seal", dimension, hour), a job that is not an ingest.
+_events = st.lists(
+    st.builds(
+        Event,
+        st.sampled_from(["requests", "storage_gb"]),
+        st.one_of(st.integers(0, 5), st.integers(MAX_QUANTITY // 3, MAX_QUANTITY)),  # some near the limit
+        st.sampled_from([T1, T2, UNTAGGED]),
+        st.one_of(st.none(), st.sampled_from(["e1", "e2", "e3", "e4"])),  # ids repeat within and across
+    ),
+    min_size=1,
+    max_size=4,
+)
+_steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("ingest"), _events, st.sampled_from([H, H + HOUR])),
+        st.tuples(st.just("seal"), st.sampled_from(["requests", "storage_gb"]), st.just(H)),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def _outcome(future: Any) -> Any:
+    try:
+        return future.result(timeout=10)
+    except LedgerError as err:
+        return ("refused", err.field, err.message)
+
+
+def _state(ledger: Ledger) -> tuple[Any, ...]:
+    return (usage_of(ledger), ledger.read("SELECT event_id, hour FROM event_ids ORDER BY event_id"))
+
+
+def _submit(ledger: Ledger, step: tuple[Any, ...]) -> Any:
+    if step[0] == "ingest":
+        return ledger.ingest(step[1], step[2])
+    _, dimension, hour = step
+    return ledger.submit(
+        lambda conn: (
+            conn.execute(
+                "INSERT OR IGNORE INTO records (dimension, hour, state, quantity, body, sealed_at) "
+                "VALUES (?, ?, 'sealed', 0, '{}', ?)",
+                (dimension, hour, hour + HOUR),
+            )
+            and None
+        )
+    )
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(before=_events, steps=_steps)
+def test_jobs_committed_together_end_as_if_each_had_run_alone(
+    before: list[Event], steps: list[tuple[Any, ...]]
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        alone, together = Ledger(Path(tmp) / "alone.db"), Ledger(Path(tmp) / "together.db")
+        try:
+            for ledger in (alone, together):
+                _outcome(ledger.ingest(before, H))
+            expected = [_outcome(_submit(alone, step)) for step in steps]  # one job per transaction
+            gate = Gate(together)
+            futures = [_submit(together, step) for step in steps]
+            gate.wait_queued(len(steps))
+            gate.open()
+            assert [_outcome(f) for f in futures] == expected
+            assert gate.commits_after() == 1
+            assert _state(together) == _state(alone)
+        finally:
+            alone.close()
+            together.close()
+
+
+def test_when_the_shared_write_fails_each_job_runs_alone(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group's one write failing (here: any write that holds the tag set BAD) must not take the other
+    jobs with it: they run again one by one, and only the job that cannot be written fails."""
+    bad = tag_key({"tenant": "bad"})
+    real = ledger_module.add_usage_rows
+    writes: list[int] = []
+
+    def add_usage_rows(conn: sqlite3.Connection, dimension: str, hour: int, rows: list[Any]) -> None:
+        writes.append(len(rows))
+        if any(tags == bad for tags, _ in rows):
+            raise sqlite3.OperationalError("disk I/O error (simulated)")
+        real(conn, dimension, hour, rows)
+
+    monkeypatch.setattr(ledger_module, "add_usage_rows", add_usage_rows)
+    gate = Gate(ledger)
+    first = ledger.ingest([Event("requests", 1, T1, "a")], H)
+    failing = ledger.ingest([Event("requests", 2, bad, "b")], H)
+    last = ledger.ingest([Event("requests", 3, T2, "c"), Event("requests", 4, T1)], H)
+    gate.wait_queued(3)
+    gate.open()
+    assert first.result(timeout=10) == Ingested(1, 0)
+    with pytest.raises(sqlite3.OperationalError, match="simulated"):
+        failing.result(timeout=10)
+    assert last.result(timeout=10) == Ingested(2, 0)
+    assert writes[0] == 3  # the group's one write, all three tag sets, which failed; then job by job
+    assert gate.commits_after() == 1
+    assert usage_of(ledger) == sorted([("requests", H, T1, 5), ("requests", H, T2, 3)])
+    assert ledger.read("SELECT event_id FROM event_ids ORDER BY event_id") == [("a",), ("c",)]
+    # The totals the group had counted were forgotten: the hour's total is what is stored.
+    ledger.ingest([Event("requests", MAX_QUANTITY - 8, T2)], H).result(timeout=10)
+    with pytest.raises(LedgerError):
+        ledger.ingest([Event("requests", 1, T2)], H).result(timeout=10)
