@@ -59,6 +59,7 @@ def post_events(proc: Proc, total: int, at: Callable[[int], None], batch: int = 
 class Memory:
     idle_mib: float
     baseline_idle_mib: float
+    floor_idle_mib: float  # the baseline app with the sidecar's libraries loaded and used
     at: dict[int, float]  # events -> RSS MiB
     seconds: float
 
@@ -71,6 +72,13 @@ def measure_memory(launcher: Launcher, emu: Emu, s: Settings) -> Memory:
         baseline_idle = base.rss_mib()
     finally:
         base.stop()
+    floor = launcher.floor(emu)
+    try:
+        floor.wait_ready()
+        time.sleep(1.0)
+        floor_idle = floor.rss_mib()
+    finally:
+        floor.stop()
     proc = launcher.sidecar(emu)
     try:
         proc.wait_ready()
@@ -86,7 +94,7 @@ def measure_memory(launcher: Launcher, emu: Emu, s: Settings) -> Memory:
         seconds = post_events(proc, s.memory_events, check)
     finally:
         proc.stop()
-    return Memory(idle, baseline_idle, at, seconds)
+    return Memory(idle, baseline_idle, floor_idle, at, seconds)
 
 
 def memory_rows(mem: Memory) -> list[Row]:
@@ -101,6 +109,18 @@ def memory_rows(mem: Memory) -> list[Row]:
             f"{mem.idle_mib / mem.baseline_idle_mib:.2f}",
             "<= 60 MiB",
             (mem.idle_mib <= 60),
+        ),
+        Row(
+            "4 RSS idle: floor = bare app + the sidecar's libraries in use (boto3 client after a "
+            "RegisterUsage, cryptography PS256, prometheus_client, SQLite)",
+            f"{mem.floor_idle_mib:.1f} MiB",
+            f"{mem.baseline_idle_mib:.1f} MiB",
+            f"+{mem.floor_idle_mib - mem.baseline_idle_mib:.1f} MiB",
+        ),
+        Row(
+            "4 RSS idle: the sidecar's own code and state, above that floor",
+            f"+{mem.idle_mib - mem.floor_idle_mib:.1f} MiB",
+            f"{mem.floor_idle_mib:.1f} MiB floor",
         ),
     ]
     rows += [

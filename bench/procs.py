@@ -180,6 +180,18 @@ class Launcher:
     def sidecar(self, emu: Emu, **extra: str) -> Proc:
         """The real sidecar, against the emulator, with a fresh METERING_STATE_DIR."""
         directory = self._fresh("sidecar")
+        env, port = self._sidecar_env(emu, directory, extra)
+        return self._start("sidecar", [self.python, "-m", "sidecar", "run"], env, port, directory)
+
+    def floor(self, emu: Emu) -> Proc:
+        """The baseline app with the sidecar's libraries loaded and used (baseline_app.load_libraries),
+        in the sidecar's environment: the memory the sidecar cannot go below with them."""
+        directory = self._fresh("floor")
+        env, port = self._sidecar_env(emu, directory, {})
+        cmd = [self.python, str(ROOT / "bench" / "baseline_app.py"), "--port", str(port), "--libraries"]
+        return self._start("floor", cmd, env, port, directory)
+
+    def _sidecar_env(self, emu: Emu, directory: Path, extra: dict[str, str]) -> tuple[dict[str, str], int]:
         key = directory / "public.pem"
         key.write_text(emu.signer.public_pem())
         port = free_port()
@@ -200,7 +212,7 @@ class Launcher:
                 **extra,
             }
         )
-        return self._start("sidecar", [self.python, "-m", "sidecar", "run"], env, port, directory)
+        return env, port
 
     def baseline(self) -> Proc:
         """The bare FastAPI app, run the same way (same interpreter and uvicorn settings)."""

@@ -70,6 +70,14 @@ def environment(python: str) -> dict[str, str]:
         capture_output=True,
         text=True,
     ).stdout.strip()
+    # Code under sidecar/ or bench/ that is not committed yet: the revision alone would not say what ran.
+    changed = subprocess.run(
+        ["git", "-C", str(RESULTS.parent.parent), "status", "--porcelain", "--", "sidecar", "bench"],
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    if revision and any(line and not line.endswith("results.md") for line in changed):
+        revision += " with uncommitted changes to sidecar/ or bench/"
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cores (nproc)": str(os.cpu_count()),

@@ -127,11 +127,11 @@ class Ledger:
                     if isinstance(fn, _Ingest):
                         group.append((fn, future))
                         continue
-                    results += self._run_ingests(conn, group)
+                    results += self._run_ingests(conn, group, opens=not results)
                     group = []
                     self._cache.clear()  # any other job may change usage or records behind the cache
                     results.append(self._run_one(conn, fn, future))
-                results += self._run_ingests(conn, group)
+                results += self._run_ingests(conn, group, opens=not results)
                 conn.execute("COMMIT")
             except Exception as exc:  # the commit itself failed: nothing of the batch is stored
                 self._cache.clear()
@@ -158,29 +158,33 @@ class Ledger:
         return (future, value, None)
 
     def _run_ingests(
-        self, conn: sqlite3.Connection, group: list[tuple[_Ingest, Future[Any] | _OnLoop]]
+        self, conn: sqlite3.Connection, group: list[tuple[_Ingest, Future[Any] | _OnLoop]], opens: bool
     ) -> list[_Result]:
         """Ingest jobs that queued up together: decided one by one, in order, as if each ran alone, but
-        written with one statement per (dimension, hour) for all of them. A job refused by the rules
-        (LedgerError) leaves no trace. Should the shared write itself fail, the group runs again job by
-        job, each in its own savepoint, so that one job's failure is not the others'."""
+        written together (ingest_many). A job refused by the rules (LedgerError) leaves no trace. Should
+        the shared write itself fail, the jobs run again one by one, each in its own savepoint, so that
+        one job's failure is not the others'. A group that opens the transaction (`opens`: the usual
+        case) needs no savepoint of its own to undo its write: the transaction is begun again instead."""
         if not group:
             return []
-        if len(group) > 1:
+        if not opens:
             conn.execute("SAVEPOINT jobs")
-            try:
-                outcomes = _ingest_many(conn, [job for job, _ in group], self._cache)
-            except Exception:
+        try:
+            outcomes = _ingest_many(conn, [job for job, _ in group], self._cache)
+        except Exception as exc:
+            self._cache.clear()  # it counted the group's totals in
+            if opens:
+                conn.execute("ROLLBACK")
+                conn.execute("BEGIN IMMEDIATE")
+            else:
                 conn.execute("ROLLBACK TO jobs")
                 conn.execute("RELEASE jobs")
-                self._cache.clear()  # it counted the group's totals in
-            else:
-                conn.execute("RELEASE jobs")
-                return [
-                    (future, value, error)
-                    for (_, future), (value, error) in zip(group, outcomes, strict=True)
-                ]
-        return [self._run_one(conn, job, future) for job, future in group]
+            if len(group) == 1:
+                return [(group[0][1], None, exc)]
+            return [self._run_one(conn, job, future) for job, future in group]
+        if not opens:
+            conn.execute("RELEASE jobs")
+        return [(future, value, error) for (_, future), (value, error) in zip(group, outcomes, strict=True)]
 
     def submit(self, fn: Callable[[sqlite3.Connection], T]) -> Future[T]:
         """Run `fn(conn)` in a transaction on the writer thread; the future resolves once committed."""
@@ -328,8 +332,8 @@ def _ingest_many(
     """The ingest rules, for jobs in the order they came: each job's events are counted once (an event_id
     already stored, or earlier in the same or an earlier job, is a duplicate), moved to the hour they
     belong to, and checked against AWS's per-record limit; a job that breaks the limit is refused whole.
-    Reads happen as the jobs are decided; all writes come at the end, one statement per (dimension,
-    hour). The caller runs this in a savepoint: if a write fails, nothing of it stays."""
+    Reads happen as the jobs are decided; all writes come at the end, in one statement (and one for new
+    event ids). The caller runs this in a savepoint: if a write fails, nothing of it stays."""
     known = _known_event_ids(conn, {e.event_id for job in jobs for e in job.events if e.event_id is not None})
     new_ids: dict[str, int] = {}
     adds: dict[tuple[str, int], dict[str, int]] = {}  # (dimension, hour) -> tag set -> quantity
@@ -363,8 +367,15 @@ def _ingest_many(
         outcomes.append((Ingested(len(job.events) - duplicates, duplicates), None))
     if new_ids:
         conn.executemany("INSERT INTO event_ids (event_id, hour) VALUES (?, ?)", new_ids.items())
-    for (dimension, hour), rows in adds.items():
-        add_usage_rows(conn, dimension, hour, list(rows.items()))
+    if adds:
+        add_usage_rows(
+            conn,
+            [
+                (dimension, hour, tags, q)
+                for (dimension, hour), rows in adds.items()
+                for tags, q in rows.items()
+            ],
+        )
     return outcomes
 
 
@@ -418,26 +429,27 @@ def add_usage(conn: sqlite3.Connection, dimension: str, hour: int, tags: str, qu
     conn.execute(ADD_USAGE, (dimension, hour, tags, quantity))
 
 
-# All of a request's tag sets for one dimension in one statement: SQLite walks the JSON array itself. With
-# one statement per row, the writer thread needed the GIL back after every row, and while the event loop
-# was busy reading the next request each row waited for it (up to sys.getswitchinterval(), 5 ms).
+# All of a commit's rows in one statement: SQLite walks the JSON array itself. Each statement hands the GIL
+# back and forth between the writer and the event loop (the loop holds it while it runs Python, so each
+# hand-back waits for the loop's next pause): a commit's statements are its latency.
 ADD_USAGE_ROWS = (
     "INSERT INTO usage (dimension, hour, tags, quantity) "
-    "SELECT ?, ?, json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(?) "
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+    "json_extract(value, '$[3]') FROM json_each(?) "
     "WHERE true "  # SQLite's rule: an upsert after INSERT ... SELECT needs a WHERE clause
     "ON CONFLICT (dimension, hour, tags) DO UPDATE SET quantity = quantity + excluded.quantity"
 )
 
 
-def add_usage_rows(conn: sqlite3.Connection, dimension: str, hour: int, rows: list[tuple[str, int]]) -> None:
-    """add_usage for many (tags, quantity) of one dimension and hour; the tag sets must be distinct."""
+def add_usage_rows(conn: sqlite3.Connection, rows: list[tuple[str, int, str, int]]) -> None:
+    """add_usage for many (dimension, hour, tags, quantity); no two rows may share a key."""
     if len(rows) == 1:  # one statement either way; this one skips the JSON
-        conn.execute(ADD_USAGE, (dimension, hour, *rows[0]))
+        conn.execute(ADD_USAGE, rows[0])
         return
     text = json.dumps(rows)
     if "\\u0000" in text or "\\ud" in text:
         # A NUL or a surrogate: their round trip through SQLite's JSON is not assured (tag keys from
         # allocations.tag_key never have them), so these go row by row, bound as they are.
-        conn.executemany(ADD_USAGE, [(dimension, hour, tags, quantity) for tags, quantity in rows])
+        conn.executemany(ADD_USAGE, rows)
     else:
-        conn.execute(ADD_USAGE_ROWS, (dimension, hour, text))
+        conn.execute(ADD_USAGE_ROWS, (text,))

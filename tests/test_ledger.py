@@ -417,27 +417,34 @@ def test_jobs_committed_together_end_as_if_each_had_run_alone(
             together.close()
 
 
+@pytest.mark.parametrize("after_another_job", [False, True], ids=["group-opens", "after-another-job"])
 def test_when_the_shared_write_fails_each_job_runs_alone(
-    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, after_another_job: bool
 ) -> None:
     """The group's one write failing (here: any write that holds the tag set BAD) must not take the other
-    jobs with it: they run again one by one, and only the job that cannot be written fails."""
+    jobs with it, nor a job that ran before the group in the same transaction: the ingests run again
+    one by one, and only the one that cannot be written fails."""
     bad = tag_key({"tenant": "bad"})
     real = ledger_module.add_usage_rows
     writes: list[int] = []
 
-    def add_usage_rows(conn: sqlite3.Connection, dimension: str, hour: int, rows: list[Any]) -> None:
+    def add_usage_rows(conn: sqlite3.Connection, rows: list[tuple[str, int, str, int]]) -> None:
         writes.append(len(rows))
-        if any(tags == bad for tags, _ in rows):
+        if any(tags == bad for _, _, tags, _ in rows):
             raise sqlite3.OperationalError("disk I/O error (simulated)")
-        real(conn, dimension, hour, rows)
+        real(conn, rows)
 
     monkeypatch.setattr(ledger_module, "add_usage_rows", add_usage_rows)
     gate = Gate(ledger)
+    other = None
+    if after_another_job:
+        other = ledger.submit(
+            lambda conn: conn.execute("INSERT INTO meta (key, value) VALUES ('other', 'x')") and 1
+        )
     first = ledger.ingest([Event("requests", 1, T1, "a")], H)
     failing = ledger.ingest([Event("requests", 2, bad, "b")], H)
     last = ledger.ingest([Event("requests", 3, T2, "c"), Event("requests", 4, T1)], H)
-    gate.wait_queued(3)
+    gate.wait_queued(4 if after_another_job else 3)
     gate.open()
     assert first.result(timeout=10) == Ingested(1, 0)
     with pytest.raises(sqlite3.OperationalError, match="simulated"):
@@ -447,7 +454,24 @@ def test_when_the_shared_write_fails_each_job_runs_alone(
     assert gate.commits_after() == 1
     assert usage_of(ledger) == sorted([("requests", H, T1, 5), ("requests", H, T2, 3)])
     assert ledger.read("SELECT event_id FROM event_ids ORDER BY event_id") == [("a",), ("c",)]
+    if other is not None:  # the job before the group kept its work
+        assert other.result(timeout=10) == 1
+        assert ledger.read("SELECT value FROM meta WHERE key = 'other'") == [("x",)]
     # The totals the group had counted were forgotten: the hour's total is what is stored.
     ledger.ingest([Event("requests", MAX_QUANTITY - 8, T2)], H).result(timeout=10)
     with pytest.raises(LedgerError):
         ledger.ingest([Event("requests", 1, T2)], H).result(timeout=10)
+
+
+def test_a_lone_ingest_whose_write_fails_fails_alone(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    def add_usage_rows(conn: sqlite3.Connection, rows: list[tuple[str, int, str, int]]) -> None:
+        raise sqlite3.OperationalError("disk I/O error (simulated)")
+
+    ledger.ingest([Event("requests", 7, T1, "kept")], H).result(timeout=10)
+    monkeypatch.setattr(ledger_module, "add_usage_rows", add_usage_rows)
+    with pytest.raises(sqlite3.OperationalError, match="simulated"):
+        ledger.ingest([Event("requests", 1, T2, "lost")], H).result(timeout=10)
+    monkeypatch.undo()
+    assert usage_of(ledger) == [("requests", H, T1, 7)]
+    assert ledger.read("SELECT event_id FROM event_ids") == [("kept",)]
+    assert ledger.ingest([Event("requests", 1, T2, "lost")], H).result(timeout=10) == Ingested(1, 0)
