@@ -333,7 +333,8 @@ def _ingest_many(
     already stored, or earlier in the same or an earlier job, is a duplicate), moved to the hour they
     belong to, and checked against AWS's per-record limit; a job that breaks the limit is refused whole.
     Reads happen as the jobs are decided; all writes come at the end, in one statement (and one for new
-    event ids). The caller runs this in a savepoint: if a write fails, nothing of it stays."""
+    event ids). If a write fails, the caller undoes it: a savepoint, or the whole transaction when these
+    jobs are all it holds. The cache's totals then include the jobs: the caller empties it."""
     known = _known_event_ids(conn, {e.event_id for job in jobs for e in job.events if e.event_id is not None})
     new_ids: dict[str, int] = {}
     adds: dict[tuple[str, int], dict[str, int]] = {}  # (dimension, hour) -> tag set -> quantity
