@@ -111,8 +111,8 @@ def memory_rows(mem: Memory) -> list[Row]:
             (mem.idle_mib <= 60),
         ),
         Row(
-            "4 RSS idle: floor = bare app + the sidecar's libraries in use (boto3 client after a "
-            "RegisterUsage, cryptography PS256, prometheus_client, SQLite)",
+            # bench/baseline_app.py --libraries: see load_libraries() there.
+            "4 RSS idle: the libraries' floor (bare app + boto3 client, cryptography, prometheus, SQLite, in use)",
             f"{mem.floor_idle_mib:.1f} MiB",
             f"{mem.baseline_idle_mib:.1f} MiB",
             f"+{mem.floor_idle_mib - mem.baseline_idle_mib:.1f} MiB",
