@@ -19,7 +19,7 @@ COPY build/wheels/ /wheels/
 # - pip and setuptools: nothing is installed at run time.
 # - botocore's models of every AWS service but the two it calls (meteringmarketplace; sts for IRSA's
 #   AssumeRoleWithWebIdentity), and their lines in botocore's RECORD (0.2 MB of them). The top-level
-#   endpoints.json, partitions.json, _retry.json and sdk-default-configuration.json stay.
+#   endpoints.json (gzipped, below), partitions.json, _retry.json and sdk-default-configuration.json stay.
 # - boto3/data: boto3's resource models, read by session.resource() only; the sidecar uses clients.
 # - *.pyi, *.pyx, *.pxd: type stubs and Cython sources, for type checkers and compilers only.
 # endpoints.json is gzipped (1.25 MB to 50 kB): botocore's loader reads NAME.json.gz as it reads
