@@ -64,21 +64,19 @@ class Memory:
     seconds: float
 
 
+def idle_rss(proc: Proc) -> float:
+    """RSS in MiB of a server once ready and left alone for a second; then it is stopped."""
+    try:
+        proc.wait_ready()
+        time.sleep(1.0)
+        return proc.rss_mib()
+    finally:
+        proc.stop()
+
+
 def measure_memory(launcher: Launcher, emu: Emu, s: Settings) -> Memory:
-    base = launcher.baseline()
-    try:
-        base.wait_ready()
-        time.sleep(1.0)
-        baseline_idle = base.rss_mib()
-    finally:
-        base.stop()
-    floor = launcher.floor(emu)
-    try:
-        floor.wait_ready()
-        time.sleep(1.0)
-        floor_idle = floor.rss_mib()
-    finally:
-        floor.stop()
+    baseline_idle = idle_rss(launcher.baseline())
+    floor_idle = idle_rss(launcher.floor(emu))
     proc = launcher.sidecar(emu)
     try:
         proc.wait_ready()
