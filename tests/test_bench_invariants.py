@@ -10,14 +10,17 @@ No timing is asserted here: these machines are noisy. What is asserted:
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import T0, Emu
-from sidecar_proc import DIMENSIONS, HOUR, Pod, Sidecar, get, post, sidecar_env, start_sidecar
+from conftest import Emu
+from sidecar_proc import DIMENSIONS, HOUR, Sidecar, get, post, sidecar_env, start_sidecar
+
+from sidecar.clock import SettableClock
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ is a folder of the repository, not an installed package
+    sys.path.insert(0, str(ROOT))
 
 
 def rss_mib(sidecar: Sidecar) -> float:
@@ -27,74 +30,35 @@ def rss_mib(sidecar: Sidecar) -> float:
     raise AssertionError("no VmRSS")
 
 
-class Day(Pod):
-    """One pod over a simulated day, reporting every hour and asking for attestations in bursts."""
+def test_the_benchmarks_simulated_day_makes_exactly_the_aws_calls_it_should(tmp_path: Path) -> None:
+    """Item 7 as the benchmark runs it (bench/aws_calls.py's own simulate), so CI checks what `make
+    bench` reports: 24 hours, two restarts, four attest bursts larger than the rate limit allows."""
+    from bench import aws_calls
+    from bench.procs import DIMENSIONS, Emu, Launcher
 
-    def report_hour(self, hour: int) -> None:
-        events = [
-            {"dimension": d, "quantity": 1 + (hour + i) % 5, "tags": {"tenant": f"t{i % 3}"}}
-            for i, d in enumerate(DIMENSIONS * 3)
-        ]
-        status, body = self.post({"events": events})
-        assert status == 202, body
-
-    def attest_burst(self, hour: int, nonces: set[str], size: int = 4) -> tuple[int, float]:
-        """Fresh nonces as fast as it can, then one repeat (the cache answers it). Returns the 429s and how
-        long the burst took."""
-        fresh = [f"attest-{hour}-{i}" for i in range(size)]
-        nonces.update(fresh)
-        refused = 0
-        began = time.monotonic()
-        for nonce in [*fresh, fresh[0]]:
-            status, body = self.post({"nonce": nonce}, "/v1/entitlement/attest")
-            assert status in (200, 429), body
-            refused += status == 429
-        return refused, time.monotonic() - began
-
-
-def test_a_simulated_day_makes_exactly_the_aws_calls_it_should(emu: Emu, tmp_path: Path) -> None:
-    hours, restart_after, attest_at = 24, (7, 15), (2, 10, 18)
-    day = Day(emu, tmp_path)
-    day.move_to(T0)
-    nonces: set[str] = set()
-    allowed = 0.0
-    refused = 0
-    day.start()
+    emu = Emu(SettableClock(aws_calls.T0, frozen=True))
     try:
-        for hour in range(hours):
-            day.report_hour(hour)
-            if hour in attest_at:
-                n, took = day.attest_burst(hour, nonces)
-                refused += n
-                # The bucket is full (an hour has passed): burst = max(1, rate) = 1, plus what refills
-                # (1/s) while the burst runs.
-                allowed += 1 + took
-            day.move_to(T0 + (hour + 1) * HOUR)
-            day.wait_sent()
-            if hour in restart_after:  # a restart between hours: SIGTERM, then a new process
-                assert day.stop() == 0
-                day.start()
+        counts = aws_calls.simulate(Launcher(tmp_path), emu)
+        calls = emu.calls()
     finally:
-        day.stop()
+        emu.stop()
 
-    calls = emu.calls()
+    assert counts.exact, counts  # the benchmark's own verdict: the counts below, taken together
+    assert counts.meter_usage == counts.meter_usage_expected == 24 * len(DIMENSIONS)
+    assert counts.most_per_dimension_hour == 1, "exactly one MeterUsage per dimension per hour"
+    assert counts.starts == 3 and counts.register_start == counts.starts, "one RegisterUsage per start"
+    assert counts.dry_runs == counts.starts  # the start-up check: exactly one per start
+    bursts = len(aws_calls.ATTEST_AT)
+    assert bursts <= counts.register_attest <= counts.attest_allowed, counts
+    # Each burst asks for more fresh nonces than the bucket holds: the rest were refused with 429, not sent.
+    assert counts.attest_refused >= bursts * aws_calls.ATTEST_BURST - counts.attest_allowed > 0, counts
+    # Every hour of the day, for every dimension, accepted by the emulator.
     meter = [c for c in calls if c["operation"] == "MeterUsage" and not c["request"].get("DryRun")]
-    keys = [(c["request"]["UsageDimension"], c["request"]["Timestamp"]) for c in meter]
-    first = int(T0 // HOUR * HOUR)
-    expected = {(d, first + h * HOUR) for d in DIMENSIONS for h in range(hours)}
-    assert len(meter) == hours * len(DIMENSIONS), "exactly one MeterUsage per dimension per hour"
-    assert set(keys) == expected and len(keys) == len(set(keys))
+    first = int(aws_calls.T0 // HOUR * HOUR)
+    assert {(c["request"]["UsageDimension"], c["request"]["Timestamp"]) for c in meter} == {
+        (d, first + h * HOUR) for d in DIMENSIONS for h in range(24)
+    }
     assert all(c["status"] == 200 for c in meter), [c for c in meter if c["status"] != 200]
-
-    register = [c for c in calls if c["operation"] == "RegisterUsage"]
-    at_start = [c for c in register if c["request"]["Nonce"] not in nonces]
-    for_attest = [c for c in register if c["request"]["Nonce"] in nonces]
-    assert day.starts == 3
-    assert len(at_start) == day.starts, "one RegisterUsage per start"
-    assert len(attest_at) <= len(for_attest) <= int(allowed), (len(for_attest), allowed)
-    assert refused >= len(attest_at) * 4 - int(allowed)  # the rest were refused with 429, not sent
-    dry_runs = [c for c in calls if c["operation"] == "MeterUsage" and c["request"].get("DryRun")]
-    assert len(dry_runs) == day.starts  # the start-up check: exactly one per start
 
 
 def test_memory_does_not_grow_with_the_event_count(emu: Emu, tmp_path: Path) -> None:
@@ -138,11 +102,8 @@ def test_memory_does_not_grow_with_the_event_count(emu: Emu, tmp_path: Path) -> 
 
 
 def test_the_benchmark_reads_wrk_output() -> None:
-    sys.path.insert(0, str(ROOT))
-    try:
-        from bench import wrk
-    finally:
-        sys.path.remove(str(ROOT))
+    from bench import wrk
+
     output = """Running 10s test @ http://127.0.0.1:8787/v1/usage
   2 threads and 16 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev
